@@ -1,0 +1,111 @@
+"""The run directory: layout, atomic writes, and stage markers.
+
+Layout (one Hydra job):
+
+    <run>/iter_00/eval.json                  few-shot baseline on dev
+    <run>/iter_NN/generations.jsonl          ... see DESIGN.md
+    <run>/iter_NN/<stage>.done               one marker per finished stage, written last
+    <run>/metrics.csv
+
+Every file is written to a temp file in the same directory and renamed into place,
+so a reader never sees half a file. A stage counts as finished only once its marker
+exists; a restarted job redoes any stage without a marker from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def iter_dir(run_dir: Path, iteration: int) -> Path:
+    return Path(run_dir) / f"iter_{iteration:02d}"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def marker(run_dir: Path, iteration: int, stage: str) -> Path:
+    return iter_dir(run_dir, iteration) / f"{stage}.done"
+
+
+def is_done(run_dir: Path, iteration: int, stage: str) -> bool:
+    return marker(run_dir, iteration, stage).exists()
+
+
+def mark_done(run_dir: Path, iteration: int, stage: str, info: dict | None = None) -> None:
+    """Write the stage marker, holding the stage's own numbers (counts, timings) as JSON.
+
+    Called only after every file of the stage is in place; a marker is never rewritten.
+    """
+    path = marker(run_dir, iteration, stage)
+    if path.exists():
+        raise RuntimeError(f"stage marker {path} exists already; a finished stage is never redone")
+    write_json(path, info or {})
+
+
+def read_done(run_dir: Path, iteration: int, stage: str) -> dict:
+    return read_json(marker(run_dir, iteration, stage))
+
+
+def temp_dir_for(dst: Path) -> Path:
+    """A fresh temp directory beside `dst` (same filesystem, so the final rename is atomic)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a fully written directory into place, replacing any stale one."""
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Delete temp files/dirs a killed process left behind (never read as complete)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    for p in directory.iterdir():
+        if p.name.startswith(".") and p.name.endswith(".tmp"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -1,0 +1,74 @@
+"""Command-line entry point: `star [overrides]` composes the config, runs the loop, exits.
+
+    star                                    # the default run (conf/config.yaml)
+    star model=tiny debug=fast              # a smoke run in seconds
+    star rationalization=off sampling.temperature=0.7 n_iterations=3
+    star hydra.run.dir=outputs/my_run       # rerun the same command to resume it
+
+User errors (a bad value, a missing model) print one line naming the fix and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from star.config import ConfigError, register_configs
+
+register_configs()
+
+# conf/ sits at the repository root (beside star/); an absolute path makes Hydra read it as
+# files, whatever the working directory.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+class UserError(Exception):
+    """Raised for mistakes the user can fix; printed without a traceback."""
+
+
+def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
+    """Validate, then run (or resume) the STaR loop in run_dir; return per-iteration metrics."""
+    from star.config import validate
+    from star.loop import StarLoop, config_to_dict
+    from star.models import ModelNotFoundError
+    from star.report import iteration_table
+    from star.run_info import write_run_info
+    from star.tracking import Tracker
+
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    write_run_info(run_dir, cfg)
+    tracker = Tracker(run_dir, cfg.logger, config_to_dict(cfg), run_name=cfg.logger.name or run_dir.name)
+    try:
+        history = StarLoop(cfg, run_dir, tracker=tracker).run()
+    except ModelNotFoundError as e:
+        raise UserError(str(e)) from None
+    finally:
+        tracker.finish()
+    if cfg.print_table:
+        print(iteration_table(history))
+    print(f"[star] run directory: {run_dir}")
+    return history
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as e:
+        print(f"star: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

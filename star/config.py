@@ -1,0 +1,202 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+conf/config.yaml lists `star_schema` first in its defaults, so every group file is
+merged onto these dataclasses: an unknown key (`task.digitz=3`) or a wrong type
+(`n_iterations=abc`) fails when the config is composed, not an hour into a job.
+Range checks that a type cannot express live in `validate()`, which the CLI calls
+before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DataFilesConfig:
+    train: Optional[str] = None
+    dev: Optional[str] = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    # Arithmetic: the operand digit counts to draw from (paper: 1-5).
+    digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    # Size of the training pool (N) and of the dev split.
+    train_size: int = 1000
+    dev_size: int = 100
+    # Sample k of the N training questions each iteration (null: all of them).
+    sample_per_iteration: Optional[int] = None
+    # File-backed tasks read local files here (json, jsonl, parquet) when offline.
+    data_files: DataFilesConfig = field(default_factory=DataFilesConfig)
+    # Longest completion the generator may write for this task.
+    max_new_tokens: int = 128
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # HF hub id or local directory; ignored by builders that make their own model (tiny).
+    name_or_path: Optional[str] = None
+    # Tiny random model dimensions (model=tiny only).
+    hidden_size: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    # Where converted checkpoints are cached (embedded default model).
+    cache_dir: Optional[str] = None
+    dtype: str = "float32"
+
+
+@dataclass
+class MethodConfig:
+    name: str = "star"
+    # Whether iterations fine-tune at all (fewshot_* methods: no).
+    train: bool = True
+    # Keep the few-shot prompt in the training text (and so ask the fine-tuned model with it).
+    keep_prompt_in_training: bool = False
+    # Fine-tune the ORIGINAL base each iteration (paper); false continues from M(n-1).
+    restart_from_base: bool = True
+    # Keep only rationales whose every step checks out (tasks that can check steps).
+    keep_only_faithful: bool = False
+
+
+@dataclass
+class RationalizationConfig:
+    enabled: bool = True
+    # Probability that a failed question is retried with the hint.
+    p_rationalization: float = 1.0
+    # Debug only: "rationalizations" are the task's gold rationales instead of model output,
+    # so a random-weight model (model=tiny) still has something to fine-tune on.
+    gold_oracle: bool = False
+
+
+@dataclass
+class SamplingConfig:
+    # 0 means greedy; any positive value samples (dev evaluation is always greedy).
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    # exponential: base_steps * (1 + growth)^(n-1); linear: base_steps + increment*(n-1);
+    # epoch: (base_epochs + epoch_growth*(n-1)) passes over the kept examples.
+    mode: str = "exponential"
+    base_steps: int = 40
+    growth: float = 0.2
+    increment: int = 20
+    base_epochs: float = 1.0
+    epoch_growth: float = 0.2
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    lr: float = 1e-5
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    gradient_clip_val: float = 1.0
+    batch_size: int = 8
+    max_seq_len: int = 1024
+    # Evaluate on `callback_dev_size` dev questions every N training steps (null: never).
+    eval_every_n_steps: Optional[int] = None
+    callback_dev_size: int = 16
+
+
+@dataclass
+class GeneratorConfig:
+    name: str = "hf"
+    batch_size: int = 16
+    # Encode the shared few-shot prefix once per pass and reuse its KV cache.
+    reuse_prefix: bool = True
+    progress: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    csv: bool = True
+    # offline | online | disabled ; offline by default so nothing leaves the machine.
+    mode: str = "offline"
+    project: str = "star"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    n_samples: int = 8
+
+
+@dataclass
+class StarConfig:
+    seed: int = 0
+    n_iterations: int = 3
+    # Stop early when dev accuracy has not improved by min_delta for `patience` iterations.
+    plateau_patience: Optional[int] = None
+    plateau_min_delta: float = 0.0
+    # Print the per-iteration table at the end of a run.
+    print_table: bool = True
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    rationalization: RationalizationConfig = field(default_factory=RationalizationConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="star_schema", node=StarConfig)
+
+
+class ConfigError(ValueError):
+    """A user error in the config: the message names the problem and the fix."""
+
+
+SCHEDULE_MODES = ("exponential", "linear", "epoch")
+OPTIMIZERS = ("adam", "adamw")
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+def validate(cfg: Any) -> None:
+    """Range and choice checks the dataclass types cannot express. Raises ConfigError."""
+    from star.tasks import TASKS  # local: keep config import light
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.task.name in TASKS, f"unknown task '{cfg.task.name}'; choose one of: {', '.join(sorted(TASKS))} (task=NAME)")
+    need(cfg.n_iterations >= 0, f"n_iterations must be >= 0 (0 runs only the few-shot baseline), got {cfg.n_iterations}")
+    need(cfg.task.train_size > 0, f"task.train_size must be > 0, got {cfg.task.train_size}")
+    need(cfg.task.dev_size > 0, f"task.dev_size must be > 0, got {cfg.task.dev_size}")
+    need(len(cfg.task.digits) > 0 and all(d >= 1 for d in cfg.task.digits),
+         f"task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got {list(cfg.task.digits)}")
+    k = cfg.task.sample_per_iteration
+    need(k is None or 0 < k <= cfg.task.train_size,
+         f"task.sample_per_iteration must be in 1..task.train_size ({cfg.task.train_size}) or null, got {k}")
+    need(cfg.task.max_new_tokens > 0, f"task.max_new_tokens must be > 0, got {cfg.task.max_new_tokens}")
+    need(cfg.sampling.temperature >= 0, f"sampling.temperature must be >= 0 (0 = greedy), got {cfg.sampling.temperature}")
+    need(0 < cfg.sampling.top_p <= 1, f"sampling.top_p must be in (0, 1], got {cfg.sampling.top_p}")
+    p = cfg.rationalization.p_rationalization
+    need(0 <= p <= 1, f"rationalization.p_rationalization must be in [0, 1], got {p}")
+    need(cfg.schedule.mode in SCHEDULE_MODES, f"schedule.mode must be one of {', '.join(SCHEDULE_MODES)}, got '{cfg.schedule.mode}'")
+    need(cfg.schedule.base_steps > 0, f"schedule.base_steps must be > 0, got {cfg.schedule.base_steps}")
+    need(cfg.schedule.base_epochs > 0, f"schedule.base_epochs must be > 0, got {cfg.schedule.base_epochs}")
+    need(cfg.trainer.lr > 0, f"trainer.lr must be > 0, got {cfg.trainer.lr}")
+    need(cfg.trainer.batch_size > 0, f"trainer.batch_size must be > 0, got {cfg.trainer.batch_size}")
+    need(cfg.trainer.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {cfg.trainer.warmup_steps}")
+    need(cfg.trainer.optimizer in OPTIMIZERS, f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{cfg.trainer.optimizer}'")
+    need(cfg.generator.batch_size > 0, f"generator.batch_size must be > 0, got {cfg.generator.batch_size}")
+    need(cfg.logger.mode in LOGGER_MODES, f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got '{cfg.logger.mode}'")
+    need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
+         f"plateau_patience must be >= 1 or null, got {cfg.plateau_patience}")

@@ -1,0 +1,165 @@
+"""Batched generation with a transformers causal LM: the engine of every STaR pass.
+
+Knows nothing of Lightning, tasks or STaR: it turns (prefix, questions) into completions.
+
+    gen = HFGenerator(model, tokenizer, batch_size=16)
+    texts = gen.generate(prefix, questions, seeds=[...], max_new_tokens=96, stop=("\\n\\n",))
+
+How it saves work:
+- The prompt of question i is the token ids of `prefix` followed by those of
+  `questions[i]` (tokenized separately, so the ids are the same with or without reuse).
+  With reuse_prefix the shared prefix is encoded once per call and its KV cache is
+  copied into every batch instead of being re-encoded per question.
+- Questions are sorted by length before batching (little padding), left-padded, and
+  each sequence leaves the batch as soon as it writes a stop string or EOS.
+- Sampling is seeded per question (seeds[i]), so a completion does not depend on
+  which other questions share its batch. temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` right after the earliest stop string; return (text, stopped)."""
+    cut = None
+    for s in stop:
+        i = text.find(s)
+        if i >= 0 and (cut is None or i + len(s) < cut):
+            cut = i + len(s)
+    return (text, False) if cut is None else (text[:cut], True)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """Pick one token per row: argmax when temperature == 0, else seeded top-p sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest set whose mass reaches top_p (always at least the top token).
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+
+
+class HFGenerator:
+    def __init__(self, model, tokenizer, batch_size: int = 16, reuse_prefix: bool = True, progress: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        self.progress = progress
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        # Counters for perf/gen_tokens_per_s (new tokens written, across calls).
+        self.n_new_tokens = 0
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prefix: str,
+        questions: Sequence[str],
+        *,
+        seeds: Sequence[int],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        desc: str = "generate",
+    ) -> list[str]:
+        """Completions for prefix + each question, in the order of `questions`."""
+        if len(seeds) != len(questions):
+            raise ValueError("generate() needs one seed per question")
+        if not questions:
+            return []
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        prefix_ids = self._ids(prefix)
+        question_ids = [self._ids(q) for q in questions]
+        prefix_cache = None
+        if self.reuse_prefix and prefix_ids:
+            out = self.model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+            prefix_cache = out.cache
+
+        # Length-sorted batches waste little padding; results go back to the input order.
+        order = sorted(range(len(questions)), key=lambda i: (len(question_ids[i]), i))
+        results: list[str] = [""] * len(questions)
+        bar = tqdm(total=len(questions), desc=desc, disable=not self.progress, leave=False)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            texts = self._generate_batch(
+                prefix_ids, prefix_cache, [question_ids[i] for i in batch], [seeds[i] for i in batch],
+                max_new_tokens, stop, temperature, top_p, device,
+            )
+            for i, text in zip(batch, texts):
+                results[i] = text
+            bar.update(len(batch))
+        bar.close()
+        return results
+
+    def _generate_batch(self, prefix_ids, prefix_cache, question_ids, seeds, max_new_tokens, stop, temperature, top_p, device):
+        n = len(question_ids)
+        if prefix_cache is not None:
+            rows = question_ids
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(n)
+            n_cached = len(prefix_ids)
+        else:
+            rows = [prefix_ids + q for q in question_ids]
+            cache = None
+            n_cached = 0
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((n, n_cached + width), dtype=torch.long, device=device)
+        mask[:, :n_cached] = 1
+        for r, ids in enumerate(rows):
+            if ids:
+                input_ids[r, width - len(ids):] = torch.tensor(ids, device=device)
+                mask[r, n_cached + width - len(ids):] = 1
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+        alive = list(range(n))  # batch row -> original row, shrinks as sequences finish
+        new_tokens: list[list[int]] = [[] for _ in range(n)]
+        texts = [""] * n
+        step_ids = input_ids
+        for _ in range(max_new_tokens):
+            # Positions count only real tokens, so left padding does not shift them.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                             cache=cache, use_cache=True)
+            cache = out.cache
+            next_ids = _sample(out.logits[:, -1, :], temperature, top_p, [generators[r] for r in alive])
+            keep = []
+            for b, r in enumerate(alive):
+                tok = int(next_ids[b])
+                self.n_new_tokens += 1
+                if tok == self.eos_id:
+                    texts[r] = self.tokenizer.decode(new_tokens[r])
+                    continue
+                new_tokens[r].append(tok)
+                text, stopped = truncate_at_stop(self.tokenizer.decode(new_tokens[r]), stop)
+                texts[r] = text
+                if not stopped:
+                    keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                # Finished sequences leave the batch: no more compute spent on them.
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                mask = mask[idx]
+                next_ids = next_ids[idx]
+                alive = [alive[b] for b in keep]
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+            step_ids = next_ids.view(-1, 1)
+        return texts

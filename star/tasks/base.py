@@ -1,0 +1,72 @@
+"""The task contract: what the STaR loop needs to know about a task, and nothing about models.
+
+A task is one module under star/tasks/ with one class implementing `Task`, registered
+in star/tasks/__init__.py. The loop only ever talks to a task through this protocol,
+so there is no `if task == ...` anywhere else.
+
+Prompt anatomy (the generator concatenates token ids of the two parts, in this order):
+
+    prefix   = task.fewshot_prompt()            # shared by every question; may be ""
+    question = task.format_question(ex, hint)   # ends where the model's completion starts
+
+A completion is everything the model writes after `question`, up to (and including)
+the first stop string in `task.stop`. Training examples are (question without hint,
+completion): the hint lives only in the prompt, so stripping it means pairing the
+completion with `format_question(ex, hint=None)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question with its gold answer.
+
+    id:        stable, unique within a split (used to derive per-example randomness)
+    question:  the raw question text (task-specific; formatted by the task)
+    answer:    the gold final answer, as the task writes it (e.g. "132")
+    meta:      task-specific extras (e.g. the operands, the choices)
+    """
+
+    id: str
+    question: str
+    answer: str
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    # Strings that end a completion; the generator stops a sequence at the first one.
+    stop: tuple[str, ...]
+
+    def load(self, split: str) -> list[Example]:
+        """Examples of `split` ("train" or "dev"), in a fixed order."""
+
+    def fewshot_prompt(self) -> str:
+        """The few-shot prefix (hand-written exemplars), ending right before a question."""
+
+    def format_question(self, example: Example, hint: bool = False) -> str:
+        """The per-question prompt part; with hint=True it also shows the gold answer."""
+
+    def hint_text(self, example: Example) -> str:
+        """The exact hint string format_question inserts when hint=True."""
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer written in a completion, or None if there is none."""
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        """Whether the completion's final answer equals the gold answer."""
+
+    def class_of(self, example: Example) -> str:
+        """The per-class accuracy key (e.g. the digit count for arithmetic)."""
+
+    def gold_rationale(self, example: Example) -> str | None:
+        """A correct completion written by the task itself, or None where it has none.
+        Used only by the debug oracle (rationalization.gold_oracle)."""
+
+    def is_faithful(self, example: Example, completion: str) -> bool | None:
+        """Whether every reasoning step is right, or None where the task cannot check steps."""

@@ -1,0 +1,321 @@
+"""Per-iteration tracking: W&B (offline by default) and a metrics.csv.
+
+What
+    `Tracker` records one row of metrics per STaR iteration (step = iteration)
+    and a table of sample rationales, to
+      - Weights & Biases, when `logger.wandb` is true and `logger.mode` is not
+        "disabled" (mode "offline" by default: nothing leaves the machine), and
+      - `<run>/metrics.csv`, when `logger.csv` is true.
+    With both off (logger=none) it does nothing and writes nothing.
+
+How to use
+    with Tracker(run_dir, cfg.logger, config=OmegaConf.to_container(cfg), run_name="job") as tracker:
+        tracker.log_iteration(1, {"eval/accuracy": 0.5}, samples=[{"iteration": 1, "kind": "eval", ...}])
+
+    The caller chooses which samples to log (see `logger.n_samples`).
+
+Run directory layout (everything W&B writes stays inside the run directory)
+    <run>/wandb_run_id.txt             the one W&B run id of this run directory
+    <run>/wandb/offline-run-<time>-<id>[-N]/run-<id>.wandb
+                                       one per process (a resumed run adds one)
+    <run>/wandb/{data,cache,config,artifacts}/
+                                       what wandb would otherwise put under ~
+    <run>/metrics.csv                  one row per iteration
+
+Resuming
+    A new Tracker on the same run directory reuses the stored run id with
+    resume="allow". Offline, each process writes a NEW `offline-run-*` directory
+    holding that process's part of the run; `wandb sync <run>/wandb/offline-run-*`
+    uploads them as one run, file by file in order of start time. Rows are logged
+    with step=iteration, so steps keep increasing across the parts. Re-logging an
+    iteration replaces its row in metrics.csv; W&B (online, or once synced) keeps
+    only the first row logged for a step, as its steps must increase.
+
+Reading back (tests, reports)
+    `read_wandb_offline(run_dir)` returns every history row of the offline run
+    parts, in time order. It runs `wandb leet inspect --json FILE` (the decoder
+    that ships with wandb, in wandb-core) on each `run-<id>.wandb` log, because
+    wandb 0.31 no longer ships a Python reader for the transaction log.
+    `read_wandb_run_ids(run_dir)` returns the run ids found there.
+
+Limits
+    One open W&B Tracker per process: wandb keeps one global session, and finish()
+    tears it down (so the next run directory gets a wandb-core of its own).
+    Because WANDB_CONFIG_DIR points into the run directory, wandb's global settings
+    file (~/.config/wandb/settings) is not read: for a non-default server in online
+    mode set WANDB_BASE_URL. The API key still comes from WANDB_API_KEY or ~/.netrc.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import secrets
+import string
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RUN_ID_FILE = "wandb_run_id.txt"
+METRICS_CSV = "metrics.csv"
+WANDB_SUBDIR = "wandb"
+
+# wandb has no Settings field for these; it reads them from the environment (and
+# wandb-core inherits the environment when it starts). Without them it writes to
+# ~/.cache/wandb, ~/.local/share/wandb, ~/.config/wandb. Value: subfolder of <run>/wandb.
+_WANDB_ENV_DIRS = {
+    "WANDB_DATA_DIR": "data",
+    "WANDB_CACHE_DIR": "cache",
+    "WANDB_CONFIG_DIR": "config",
+    "WANDB_ARTIFACT_DIR": "artifacts",
+}
+
+# wandb names a part offline-run-YYYYMMDD_HHMMSS-<id>, plus -N when the name is taken
+# (two parts of one run started within the same second).
+_OFFLINE_DIR_RE = re.compile(r"^offline-run-(\d{8}_\d{6})-(.+)$")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path via a temp file in the same directory and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv_cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _read_csv(path: Path) -> dict[int, dict[str, str]]:
+    """Rows of an existing metrics.csv keyed by iteration (empty cells dropped)."""
+    if not path.exists():
+        return {}
+    rows: dict[int, dict[str, str]] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            iteration = int(row.pop("iteration"))
+            rows[iteration] = {k: v for k, v in row.items() if v != ""}
+    return rows
+
+
+def _samples_table(samples: list[dict]) -> Any:
+    import wandb
+
+    # Columns: every key seen, in first-seen order, so rows of different kinds fit.
+    columns: list[str] = []
+    for sample in samples:
+        columns.extend(k for k in sample if k not in columns)
+
+    def cell(value: Any) -> Any:
+        # A table cell must be a plain value; anything else is shown as text.
+        return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+    return wandb.Table(columns=columns, data=[[cell(s.get(c)) for c in columns] for s in samples])
+
+
+class Tracker:
+    """Logs per-iteration metrics and samples to W&B and/or metrics.csv (see module doc)."""
+
+    def __init__(self, run_dir: Path, logger_cfg: Any, config: dict, run_name: str | None = None):
+        # Absolute: the W&B env vars below must not depend on a later chdir.
+        self.run_dir = Path(run_dir).absolute()
+        self.logger_cfg = logger_cfg
+        self.use_wandb = bool(logger_cfg.wandb) and logger_cfg.mode != "disabled"
+        self.use_csv = bool(logger_cfg.csv)
+        self.run: Any = None  # the wandb Run while one is open
+        self._saved_env: dict[str, str | None] = {}
+        # Earlier rows survive a restart: a resumed job keeps them in metrics.csv.
+        self._rows = _read_csv(self.run_dir / METRICS_CSV) if self.use_csv else {}
+        if self.use_wandb:
+            self._start_wandb(config, run_name)
+
+    # ---- context manager ----
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # A run left by an exception is marked failed rather than finished.
+        self.finish(exit_code=1 if exc_type is not None else None)
+
+    # ---- W&B ----
+    def run_id(self) -> str:
+        """The run directory's W&B run id, created (and stored atomically) on first use."""
+        path = self.run_dir / RUN_ID_FILE
+        if path.exists():
+            run_id = path.read_text(encoding="utf-8").strip()
+            if run_id:
+                return run_id
+        # Same shape as wandb's own ids: 8 lowercase letters and digits.
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        _write_atomic(path, run_id + "\n")
+        return run_id
+
+    def _start_wandb(self, config: dict, run_name: str | None) -> None:
+        import wandb
+
+        cfg = self.logger_cfg
+        wandb_dir = self.run_dir / WANDB_SUBDIR
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        for var, sub in _WANDB_ENV_DIRS.items():
+            self._saved_env[var] = os.environ.get(var)
+            os.environ[var] = str(wandb_dir / sub)
+        settings = wandb.Settings(
+            silent=True,  # no banners or sync hints on stdout
+            console="off",  # our stdout is not copied into the run
+            use_dot_wandb=False,  # always <run>/wandb, even if a .wandb folder exists
+        )
+        try:
+            self.run = wandb.init(
+                dir=str(self.run_dir),  # wandb writes to <dir>/wandb
+                id=self.run_id(),
+                resume="allow",
+                mode=cfg.mode,
+                project=cfg.project,
+                entity=cfg.entity,
+                group=cfg.group,
+                name=cfg.name or run_name,
+                config=config,
+                settings=settings,
+            )
+        except Exception as e:
+            self._close_wandb(exit_code=1)
+            if cfg.mode == "online":
+                raise RuntimeError(
+                    f"W&B could not start an online run ({e}). Set WANDB_API_KEY (or run "
+                    "`wandb login`), or log locally with logger.mode=offline and upload later "
+                    "with `wandb sync`."
+                ) from e
+            raise
+        # Charts use the iteration as x axis, also for rows from a resumed part.
+        self.run.define_metric("iteration")
+        self.run.define_metric("*", step_metric="iteration")
+
+    def _close_wandb(self, exit_code: int | None = None) -> None:
+        import wandb
+
+        try:
+            if self.run is not None:
+                self.run.finish(exit_code=exit_code)
+        finally:
+            self.run = None
+            # Stop wandb-core: it keeps the environment it started with, and the
+            # next Tracker (another run directory) must start one with its own.
+            wandb.teardown(exit_code=exit_code)
+            for var, old in self._saved_env.items():
+                if old is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = old
+            self._saved_env = {}
+
+    # ---- logging ----
+    def log_iteration(self, iteration: int, metrics: dict[str, float], samples: list[dict]) -> None:
+        """Log one iteration's metrics (step = iteration) and, if any, its samples table."""
+        iteration = int(iteration)
+        metrics = {k: v for k, v in metrics.items() if k != "iteration"}
+        if self.use_csv:
+            # Replace, not append: a redone iteration must not appear twice.
+            self._rows[iteration] = {k: _csv_cell(v) for k, v in metrics.items()}
+            self._write_csv()
+        if self.run is not None:
+            data: dict[str, Any] = {**metrics, "iteration": iteration}
+            if samples:
+                data["samples"] = _samples_table(samples)
+            self.run.log(data, step=iteration)
+
+    def _write_csv(self) -> None:
+        keys = sorted({k for row in self._rows.values() for k in row})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["iteration", *keys], restval="", lineterminator="\n")
+        writer.writeheader()
+        for iteration in sorted(self._rows):
+            writer.writerow({"iteration": iteration, **self._rows[iteration]})
+        _write_atomic(self.run_dir / METRICS_CSV, buf.getvalue())
+
+    def finish(self, exit_code: int | None = None) -> None:
+        """Close the W&B run (if any) and restore the environment. Safe to call twice."""
+        if self._saved_env or self.run is not None:
+            self._close_wandb(exit_code=exit_code)
+
+
+# ---- reading back ----
+def _offline_logs(run_dir: Path) -> list[Path]:
+    """Every offline run-<id>.wandb log under <run>/wandb, oldest part first."""
+    found = []
+    for part in (Path(run_dir) / WANDB_SUBDIR).glob("offline-run-*"):
+        match = _OFFLINE_DIR_RE.match(part.name)
+        if not match or not part.is_dir():
+            continue
+        timespec, rest = match.groups()
+        for log in part.glob("run-*.wandb"):
+            run_id = log.name[len("run-") : -len(".wandb")]
+            suffix = rest[len(run_id) + 1 :] if rest.startswith(run_id + "-") else ""
+            # Same-second parts: the -N suffix orders them (numerically, so -10 > -9).
+            found.append(((timespec, int(suffix) if suffix.isdigit() else 0, part.name), log))
+    return [log for _, log in sorted(found)]
+
+
+def _inspect_records(log: Path) -> list[dict]:
+    """The records of one .wandb log, decoded by `wandb leet inspect --json`."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"`wandb leet inspect --json {log}` failed ({proc.returncode}): {proc.stderr.strip()}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def _json_number(value: Any) -> Any:
+    # JSON has no NaN or infinities; leet writes them as these strings.
+    return float(value) if value in ("NaN", "Infinity", "-Infinity") else value
+
+
+def read_wandb_offline(run_dir: Path) -> list[dict]:
+    """Every history row logged to the offline W&B run parts in run_dir, in time order.
+
+    Each row holds the logged scalar values plus `_step`; media (the samples table)
+    and wandb's own `_runtime` / `_timestamp` are left out.
+    """
+    rows = []
+    for log in _offline_logs(run_dir):
+        for record in _inspect_records(log):
+            if record.get("type") != "history":
+                continue
+            history = record["history"]
+            item = history.get("item", {})
+            # leet flattens nested values to "key.sub"; media (the samples table) is a
+            # nested value with a "_type" entry, e.g. "samples._type": "table-file".
+            media = {k[: -len("._type")] for k in item if k.endswith("._type")}
+            row = {
+                k: _json_number(v)
+                for k, v in item.items()
+                if not k.startswith("_")
+                and k not in media
+                and k.split(".", 1)[0] not in media
+                and (v is None or isinstance(v, (str, int, float, bool)))
+            }
+            # protobuf JSON omits zero values, so step 0 may have no explicit number.
+            row["_step"] = item.get("_step", history.get("step", {}).get("num", 0))
+            rows.append(row)
+    return rows
+
+
+def read_wandb_run_ids(run_dir: Path) -> set[str]:
+    """The W&B run ids of the offline parts in run_dir (wandb names each log run-<id>.wandb)."""
+    return {log.name[len("run-") : -len(".wandb")] for log in _offline_logs(run_dir)}

@@ -1,0 +1,359 @@
+"""Tests for star/tasks/arithmetic.py: data generation, answer extraction, the step
+checker, hints and the few-shot file."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from importlib import resources
+from types import SimpleNamespace
+
+import pytest
+
+from star.tasks import build_task
+from star.tasks.arithmetic import (
+    ArithmeticTask,
+    extract_answer,
+    faithfulness_error,
+    parse_exemplars,
+    scratchpad,
+    scratchpad_for,
+)
+from star.tasks.base import Example, Task
+
+
+def make(digits=(1, 2, 3), train=300, dev=60, seed=0, **kw):
+    return ArithmeticTask(digits=list(digits), train_size=train, dev_size=dev, seed=seed, **kw)
+
+
+def ex(a, b):
+    return Example(id="t", question=f"{a} + {b}", answer=str(a + b),
+                   meta={"a": a, "b": b, "digits": len(str(a))})
+
+
+def pairs(examples):
+    return [(e.meta["a"], e.meta["b"]) for e in examples]
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_registry_builds_task_and_protocol():
+    cfg = SimpleNamespace(name="arithmetic", digits=[1, 2], train_size=10, dev_size=4)
+    task = build_task(cfg, seed=3)
+    assert isinstance(task, ArithmeticTask) and isinstance(task, Task)
+    assert (task.digits, task.train_size, task.dev_size, task.seed) == ([1, 2], 10, 4, 3)
+    assert task.stop == ("\n\n",)
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_same_seed_same_data(split):
+    assert make(seed=7).load(split) == make(seed=7).load(split)
+    assert pairs(make(seed=7).load(split)) == pairs(make(seed=7).load(split))
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_different_seed_different_data(split):
+    assert pairs(make(seed=0).load(split)) != pairs(make(seed=1).load(split))
+
+
+@pytest.mark.parametrize("digits,train,dev", [
+    ([1, 2, 3], 300, 60),
+    ([5], 50, 7),
+    ([2, 4], 11, 5),
+    ([1, 2, 3, 4, 5], 1000, 100),  # the default config: 1-digit pool runs dry in train
+])
+def test_sizes_ids_and_digit_counts(digits, train, dev):
+    task = make(digits, train, dev)
+    for split, size in [("train", train), ("dev", dev)]:
+        exs = task.load(split)
+        assert len(exs) == size
+        assert [e.id for e in exs] == [f"{split}-{i:06d}" for i in range(size)]
+        for e in exs:
+            a, b, d = e.meta["a"], e.meta["b"], e.meta["digits"]
+            assert d in digits
+            assert len(str(a)) == d and len(str(b)) == d  # no leading zero, same length
+            assert e.question == f"{a} + {b}" and e.answer == str(a + b)
+            assert task.class_of(e) == str(d)
+
+
+def test_dev_round_robin_balanced():
+    task = make([1, 2, 3, 4, 5], 100, 50)
+    dev = task.load("dev")
+    assert [e.meta["digits"] for e in dev[:10]] == [1, 2, 3, 4, 5] * 2
+    assert Counter(e.meta["digits"] for e in dev) == {d: 10 for d in range(1, 6)}
+
+
+def test_train_balanced_until_a_pool_runs_dry():
+    # 1 digit has 100 pairs; dev takes 20, so train gets the 80 left and the rest
+    # is spread evenly over the other digit counts.
+    task = make([1, 2, 3, 4, 5], 1000, 100)
+    counts = Counter(e.meta["digits"] for e in task.load("train"))
+    assert counts == {1: 80, 2: 230, 3: 230, 4: 230, 5: 230}
+
+
+@pytest.mark.parametrize("digits,train,dev", [([1, 2, 3], 300, 60), ([1], 60, 40), ([1, 2], 400, 100)])
+def test_train_dev_disjoint_and_unique(digits, train, dev):
+    task = make(digits, train, dev)
+    tr, dv = pairs(task.load("train")), pairs(task.load("dev"))
+    assert len(set(tr)) == len(tr) and len(set(dv)) == len(dv)
+    assert not set(tr) & set(dv)
+
+
+def test_one_digit_pool_exhausted_exactly():
+    task = make([1], 70, 30)
+    allp = set(pairs(task.load("train"))) | set(pairs(task.load("dev")))
+    assert allp == {(a, b) for a in range(10) for b in range(10)}
+
+
+def test_large_pools_rejection_sampling_never_repeats():
+    # 3+ digit pools are rejection-sampled; 5000 draws from 810,000 pairs would almost
+    # surely repeat one (p ~ 1 - e^-15) if duplicates were not rejected.
+    from itertools import islice
+    from star.tasks.arithmetic import _pair_stream
+    drawn = list(islice(_pair_stream(3, random.Random("dup")), 5000))
+    assert len(set(drawn)) == 5000
+    assert all(100 <= a <= 999 and 100 <= b <= 999 for a, b in drawn)
+
+
+def test_train_size_too_large_raises_with_fix():
+    with pytest.raises(ValueError, match="task.train_size=71.*lower task.train_size"):
+        make([1], 71, 30).load("train")
+    with pytest.raises(ValueError, match="task.dev_size=101"):
+        make([1], 1, 101).load("dev")
+
+
+def test_dev_does_not_depend_on_train_size_and_digit_streams_are_independent():
+    assert make(train=10).load("dev") == make(train=500).load("dev")
+    # The 2-digit problems come from their own stream: same ones with or without 3.
+    two_a = [p for p, e in zip(pairs(make([1, 2], 0, 40).load("dev")), make([1, 2], 0, 40).load("dev"))
+             if e.meta["digits"] == 2]
+    two_b = [p for p, e in zip(pairs(make([2, 3], 0, 40).load("dev")), make([2, 3], 0, 40).load("dev"))
+             if e.meta["digits"] == 2]
+    assert two_a == two_b
+
+
+def test_load_is_cached_and_returns_copies():
+    task = make()
+    first = task.load("train")
+    first.clear()
+    assert len(task.load("train")) == 300
+    assert task.load("dev")[0] is task.load("dev")[0]  # same cached objects
+
+
+@pytest.mark.parametrize("split", ["test", "validation", "", "TRAIN"])
+def test_unsupported_split_raises(split):
+    with pytest.raises(ValueError, match="valid splits: train, dev"):
+        make().load(split)
+
+
+@pytest.mark.parametrize("digits", [[], [0], [1, -2]])
+def test_bad_digits_raise(digits):
+    with pytest.raises(ValueError, match="digits"):
+        ArithmeticTask(digits=digits, train_size=1, dev_size=1, seed=0)
+
+
+# ----------------------------------------------------------------------------- answers
+
+EXTRACT_CASES = [
+    (" 7+5+0=12, write 2, carry 1.\nThe answer is 132.\n\n", "132"),
+    ("The answer is 132.", "132"),
+    ("The answer is 132", "132"),                       # no period
+    ("  The answer is 132 .  \n\n", "132"),              # whitespace around
+    ("the answer is 132.", "132"),                       # case-insensitive
+    ("The answer is   132.", "132"),
+    ("The answer is 0132.", "132"),                      # leading zero: integer compare
+    ("The answer is 0.", "0"),
+    ("The answer is -5.", "-5"),                         # negative: parsed (and wrong)
+    ("The answer is 7.\n\nThe answer is 8.", "7"),        # second one is after the stop
+    ("The answer is 7.\nThe answer is 7.", "7"),          # agreeing duplicates
+    ("step\nThe answer is 41.\n\nQ: 1 + 1\nA: junk", "41"),
+    ("", None),                                          # empty
+    ("7+5+0=12, write 2, carry 1.", None),                # no answer line
+    ("\n\nThe answer is 132.", None),                     # answer only after the stop
+    ("The answer is 1,234.", None),                       # commas rejected
+    ("The answer is twelve.", None),                      # non-numeric
+    ("The answer is 13 2.", None),
+    ("The answer is 132!", None),
+    ("The answer is 12.5.", None),
+    ("The answer is .", None),
+    ("The answer is 7.\nThe answer is 8.", None),         # two different answers
+    ("The answer is 7.\nThe answer is x.", None),         # one readable, one malformed
+    ("so the total is 132.", None),                       # not an answer line
+    ("Therefore the answer is 132.", None),               # answer must start the line
+    ("%$#@!\x00 garbage", None),
+]
+
+
+@pytest.mark.parametrize("completion,expected", EXTRACT_CASES)
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+    assert make().extract_answer(completion) == expected
+
+
+@pytest.mark.parametrize("completion,correct", [
+    ("The answer is 132.", True),
+    ("The answer is 0132.", True),
+    ("The answer is 131.", False),
+    ("The answer is -132.", False),
+    ("The answer is 1,32.", False),
+    ("", False),
+    ("\n\nThe answer is 132.", False),
+])
+def test_is_correct(completion, correct):
+    assert make().is_correct(ex(47, 85), completion) is correct
+
+
+# ----------------------------------------------------------------------------- scratchpad
+
+def test_scratchpad_exact_format():
+    assert scratchpad(ex(47, 85)) == (
+        " 7+5+0=12, write 2, carry 1.\n"
+        "4+8+1=13, write 3, carry 1.\n"
+        "Final carry 1, write 1.\n"
+        "The answer is 132.\n\n")
+    assert scratchpad(ex(3, 4)) == " 3+4+0=7, write 7, carry 0.\nThe answer is 7.\n\n"
+    # Unequal lengths are padded with 0 (not generated, but the checker supports them).
+    assert scratchpad_for(5, 98) == (" 5+8+0=13, write 3, carry 1.\n0+9+1=10, write 0, carry 1.\n"
+                                     "Final carry 1, write 1.\nThe answer is 103.\n\n")
+
+
+def test_scratchpad_always_faithful_and_correct():
+    task = make([1, 2, 3, 4, 5], 400, 100, seed=11)
+    exs = task.load("train") + task.load("dev")
+    rng = random.Random("unequal")
+    exs += [ex(rng.randrange(10 ** rng.randrange(1, 7)), rng.randrange(10 ** rng.randrange(1, 7)))
+            for _ in range(200)]
+    exs += [ex(0, 0), ex(9, 9), ex(99999, 99999), ex(10000, 90000)]
+    for e in exs:
+        s = scratchpad(e)
+        assert s.endswith("\n\n") and s.count("\n\n") == 1
+        assert task.is_faithful(e, s), (e, s)
+        assert task.is_correct(e, s)
+        assert extract_answer(s) == e.answer
+
+
+def test_faithful_without_meta_parses_question():
+    task = make()
+    e = Example(id="x", question="47 + 85", answer="132")
+    assert task.is_faithful(e, scratchpad(e))
+    assert task.class_of(e) == "2"
+
+
+def test_faithful_tolerates_spacing_and_missing_stop():
+    e = ex(47, 85)
+    spaced = (" 7 + 5 + 0 = 12, write 2, carry 1\n  4+8+1=13, write 3, carry 1.\n"
+              "Final carry 1, write 1\nThe answer is 132")
+    assert make().is_faithful(e, spaced)
+    assert make().is_faithful(e, scratchpad(e) + "Q: 1 + 1\nA: whatever")  # after the stop
+
+
+GOOD = scratchpad_for(47, 85)
+#  " 7+5+0=12, write 2, carry 1.\n4+8+1=13, write 3, carry 1.\nFinal carry 1, write 1.\nThe answer is 132.\n\n"
+
+# (name, completion, expected error fragment, is_correct)
+CORRUPTED = [
+    ("wrong sum", GOOD.replace("7+5+0=12", "7+5+0=11"), "sum 11", True),
+    ("wrong carry out", GOOD.replace("write 2, carry 1", "write 2, carry 0"), "carry out 0", True),
+    ("wrong carry in", GOOD.replace("4+8+1=13", "4+8+0=12").replace("write 3", "write 2"),
+     "carry in 0", True),
+    ("wrong written digit", GOOD.replace("write 3", "write 4"), "wrote 4", True),
+    ("wrong operand digit", GOOD.replace("4+8+1=13", "3+9+1=13"), "digits 3,9", True),
+    ("columns swapped order", " 4+8+0=12, write 2, carry 1.\n7+5+1=13, write 3, carry 1.\n"
+     "Final carry 1, write 1.\nThe answer is 132.\n\n", "digits 4,8", True),
+    ("missing step", " 7+5+0=12, write 2, carry 1.\nFinal carry 1, write 1.\nThe answer is 132.\n\n",
+     "not a column step", True),
+    ("missing final carry", GOOD.replace("Final carry 1, write 1.\n", ""), "not the final carry", True),
+    ("bad final carry", GOOD.replace("Final carry 1, write 1.", "Final carry 1, write 2."),
+     "final carry", True),
+    ("missing answer line", GOOD.replace("The answer is 132.\n", ""), "missing answer line", False),
+    ("wrong final answer", GOOD.replace("132", "133"), "answer 133 is not the written", False),
+    ("extra step after answer", GOOD.replace("132.\n\n", "132.\n1+1+0=2, write 2, carry 0.\n\n"),
+     "extra text", True),
+    ("extra final carry when none", scratchpad_for(23, 51).replace(
+        "The answer", "Final carry 0, write 0.\nThe answer"), "not the answer line", True),
+    ("garbage line", GOOD.replace("4+8+1=13", "four plus eight"), "not a column step", True),
+    ("empty", "", "not a column step", False),
+    ("cut mid-line", GOOD[:20], "not a column step", False),
+    ("cut after a step", GOOD.split("\n")[0], "missing step for column 2", False),
+    ("answer only", "The answer is 132.\n\n", "not a column step", True),
+]
+
+
+@pytest.mark.parametrize("name,completion,error,correct", CORRUPTED, ids=[c[0] for c in CORRUPTED])
+def test_corrupted_scratchpads_not_faithful(name, completion, error, correct):
+    a, b = (23, 51) if name == "extra final carry when none" else (47, 85)
+    e = ex(a, b)
+    task = make()
+    assert completion != scratchpad(e)
+    assert not task.is_faithful(e, completion)
+    err = faithfulness_error(a, b, completion)
+    assert err is not None and error in err, err
+    assert task.is_correct(e, completion) is correct
+
+
+def test_right_answer_wrong_step_is_correct_but_not_faithful():
+    e = ex(508, 293)
+    bad = scratchpad(e).replace("0+9+1=10, write 0, carry 1", "0+9+1=10, write 0, carry 0")
+    bad = bad.replace("5+2+1=8", "5+2+0=8")  # later step consistent with the wrong carry: 7
+    task = make()
+    assert task.is_correct(e, bad) and not task.is_faithful(e, bad)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def test_hint():
+    task = make()
+    e = ex(47, 85)
+    assert task.hint_text(e) == " (hint: the answer is 132)"
+    assert task.format_question(e) == "Q: 47 + 85\nA:"
+    assert task.format_question(e, hint=True) == "Q: 47 + 85 (hint: the answer is 132)\nA:"
+    assert task.hint_text(e) in task.format_question(e, hint=True)
+    assert task.hint_text(e) not in task.format_question(e)
+    # Stripping the hint gives back the plain question exactly.
+    assert task.format_question(e, hint=True).replace(task.hint_text(e), "") == task.format_question(e)
+
+
+def test_fewshot_file_exemplars_all_faithful():
+    text = (resources.files("star.tasks") / "prompts" / "arithmetic.txt").read_text(encoding="utf-8")
+    exemplars = parse_exemplars(text)
+    assert len(exemplars) == 8
+    task = make()
+    seen_digits, final_carry = set(), 0
+    for q, completion in exemplars:
+        a, b = (int(x) for x in q.split(" + "))
+        e = ex(a, b)
+        assert task.is_faithful(e, completion), q
+        assert task.is_correct(e, completion), q
+        assert int(extract_answer(completion)) == a + b  # independent of the checker
+        seen_digits.add(len(str(a)))
+        final_carry += "Final carry" in completion
+    assert seen_digits == {1, 2, 3, 4, 5}
+    assert final_carry >= 1
+    assert sum("carry 1." in c for _, c in exemplars) >= 3  # several with carries
+
+
+def test_fewshot_prompt_is_well_formed_prefix():
+    task = make()
+    prefix = task.fewshot_prompt()
+    assert prefix.startswith("Q: ") and prefix.endswith("\n\n") and not prefix.endswith("\n\n\n")
+    e = task.load("dev")[0]
+    full = prefix + task.format_question(e) + scratchpad(e)
+    # The whole thing parses back as the exemplars plus this one.
+    parsed = parse_exemplars(full)
+    assert len(parsed) == 9 and parsed[-1] == (e.question, scratchpad(e))
+    assert task.fewshot_prompt() is prefix  # cached
+
+
+def test_fewshot_empty_or_wrong_file_raises(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    with pytest.raises(ValueError, match="no exemplars"):
+        make(prompt_path=empty).fewshot_prompt()
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("Q: 2 + 2\nA: 2+2+0=5, write 5, carry 0.\nThe answer is 5.\n\n")
+    with pytest.raises(ValueError, match="wrong"):
+        make(prompt_path=wrong).fewshot_prompt()
+    malformed = tmp_path / "malformed.txt"
+    malformed.write_text("2 + 2 is 4\n\n")
+    with pytest.raises(ValueError, match="not 'Q:"):
+        make(prompt_path=malformed).fewshot_prompt()
