@@ -144,10 +144,10 @@ class HFGenerator:
                 tok = int(next_ids[b])
                 self.n_new_tokens += 1
                 if tok == self.eos_id:
-                    texts[r] = self.tokenizer.decode(new_tokens[r])
+                    texts[r] = self.tokenizer.decode(new_tokens[r], skip_special_tokens=True)
                     continue
                 new_tokens[r].append(tok)
-                text, stopped = truncate_at_stop(self.tokenizer.decode(new_tokens[r]), stop)
+                text, stopped = truncate_at_stop(self.tokenizer.decode(new_tokens[r], skip_special_tokens=True), stop)
                 texts[r] = text
                 if not stopped:
                     keep.append(b)

@@ -1,0 +1,231 @@
+"""Loop mechanics with a scripted generator: exact counts, hint stripping, restart from base,
+empty iterations, sampling, schedules, plateau stop and in-process resume."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from star import artifacts as A
+from star.loop import StarLoop, derive_seed, scheduled_steps
+from star.tasks.arithmetic import scratchpad_for
+from star.training import finetune
+from tests.conftest import compose_config
+
+QUESTION = re.compile(r"Q: (\d+) \+ (\d+)( \(hint: the answer is \d+\))?\nA:$")
+
+
+class ScriptedGenerator:
+    """Answers by rule instead of by model, so every count in the run is known in advance.
+
+    no hint:   right iff (a+b) % 3 == 0
+    with hint: (a+b) % 3 == 1 -> right (a even) or right but repeating the hint (a odd);
+               otherwise wrong.
+    """
+
+    def __init__(self, log: list):
+        self.log = log
+        self.n_new_tokens = 0
+
+    def generate(self, prefix, questions, *, seeds, max_new_tokens, stop, temperature=0.0, top_p=1.0, desc=""):
+        self.log.append({"prefix": prefix, "questions": list(questions), "desc": desc})
+        out = []
+        for q in questions:
+            a, b, hint = QUESTION.match(q).groups()
+            a, b = int(a), int(b)
+            if not hint:
+                out.append(scratchpad_for(a, b) if (a + b) % 3 == 0 else scratchpad_for(a, b + 1))
+            elif (a + b) % 3 == 1:
+                out.append(scratchpad_for(a, b) if a % 2 == 0 else hint + "\n" + scratchpad_for(a, b))
+            else:
+                out.append(scratchpad_for(a + 1, b))
+        return out
+
+
+BASE = ["model=tiny", "debug=fast", "logger=none", "task.train_size=30", "task.dev_size=12",
+        "rationalization.gold_oracle=false"]
+
+
+def make_loop(tmp_path, overrides=(), finetune_fn=finetune):
+    cfg = compose_config(BASE + list(overrides))
+    log: list = []
+    loop = StarLoop(cfg, tmp_path / "run", make_generator=lambda m, t: ScriptedGenerator(log), finetune_fn=finetune_fn)
+    return loop, log
+
+
+def sums(loop):
+    return [(ex, int(ex.meta["a"]) + int(ex.meta["b"])) for ex in loop.task.load("train")]
+
+
+def test_counts_are_exact_and_no_hint_reaches_training(tmp_path):
+    loop, _ = make_loop(tmp_path, ["n_iterations=1"])
+    history = loop.run()
+    d = A.iter_dir(loop.run_dir, 1)
+    pairs = sums(loop)
+    n_direct = sum(s % 3 == 0 for _, s in pairs)
+    n_rat = sum(s % 3 == 1 and ex.meta["a"] % 2 == 0 for ex, s in pairs)
+    n_leak = sum(s % 3 == 1 and ex.meta["a"] % 2 == 1 for ex, s in pairs)
+    assert n_direct and n_rat and n_leak, "the scripted rule should produce every case"
+    gens = A.read_jsonl(d / "generations.jsonl")
+    rats = A.read_jsonl(d / "rationalizations.jsonl")
+    train = A.read_jsonl(d / "train.jsonl")
+    assert len(gens) == 30
+    assert sum(r["correct"] for r in gens) == n_direct
+    assert len(rats) == 30 - n_direct, "every failure is rationalized"
+    assert sum(r["correct"] for r in rats) == n_rat
+    assert sum(r["hint_leaked"] for r in rats) == n_leak
+    assert len(train) == n_direct + n_rat
+    assert [r["source"] for r in train].count("rationalized") == n_rat
+    by_id = {ex.id: ex for ex in loop.task.load("train")}
+    for row in train:
+        assert "hint" not in row["prompt"] and "hint" not in row["completion"]
+        assert row["prompt"] == loop.task.format_question(by_id[row["id"]])
+        assert loop.task.is_correct(by_id[row["id"]], row["completion"])
+    m = history[1]
+    assert m["gen/solve_rate"] == pytest.approx(n_direct / 30)
+    assert m["gen/rationalized_rate"] == pytest.approx(n_rat / 30)
+    assert m["data/train_fraction"] == pytest.approx((n_direct + n_rat) / 30)
+    assert m["data/n_examples"] == n_direct + n_rat
+    assert m["train/steps"] == 2  # debug=fast: base_steps 2
+    for key in ("eval/accuracy", "eval/accuracy/1", "eval/accuracy/2", "train/loss", "perf/gen_tokens_per_s",
+                "perf/train_tokens_per_s", "time/generate_s", "time/rationalize_s", "time/train_s", "time/eval_s"):
+        assert key in m, key
+
+
+def test_rationalization_off_keeps_only_direct(tmp_path):
+    loop, log = make_loop(tmp_path, ["n_iterations=1", "rationalization=off"])
+    loop.run()
+    d = A.iter_dir(loop.run_dir, 1)
+    assert A.read_jsonl(d / "rationalizations.jsonl") == []
+    assert {r["source"] for r in A.read_jsonl(d / "train.jsonl")} == {"direct"}
+    assert not any("rationalize" in call["desc"] for call in log)
+
+
+def test_p_rationalization_is_a_deterministic_subset(tmp_path):
+    loop, _ = make_loop(tmp_path, ["n_iterations=1", "rationalization.p_rationalization=0.5"])
+    loop.run()
+    rats = A.read_jsonl(A.iter_dir(loop.run_dir, 1) / "rationalizations.jsonl")
+    failures = [r for r in A.read_jsonl(A.iter_dir(loop.run_dir, 1) / "generations.jsonl") if not r["correct"]]
+    assert 0 < len(rats) < len(failures)
+    again, _ = make_loop(tmp_path / "b", ["n_iterations=1", "rationalization.p_rationalization=0.5"])
+    again.run()
+    assert A.read_jsonl(A.iter_dir(again.run_dir, 1) / "rationalizations.jsonl") == rats
+
+
+def fingerprint(model) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def test_every_iteration_finetunes_the_original_base(tmp_path):
+    starts, ends = [], []
+
+    def watching_finetune(model, *args, **kwargs):
+        starts.append(fingerprint(model))
+        stats = finetune(model, *args, **kwargs)
+        ends.append(fingerprint(model))
+        return stats
+
+    loop, _ = make_loop(tmp_path, ["n_iterations=3"], finetune_fn=watching_finetune)
+    loop.run()
+    base = fingerprint(loop.base()[0])
+    assert len(starts) == 3
+    assert starts == [base] * 3, "fine-tuning must start from the base weights every iteration"
+    assert all(e != base for e in ends), "fine-tuning should change the weights"
+
+
+def test_continue_from_previous_when_restart_from_base_is_off(tmp_path):
+    starts, ends = [], []
+
+    def watching_finetune(model, *args, **kwargs):
+        starts.append(fingerprint(model))
+        stats = finetune(model, *args, **kwargs)
+        ends.append(fingerprint(model))
+        return stats
+
+    loop, _ = make_loop(tmp_path, ["n_iterations=2", "method.restart_from_base=false"], finetune_fn=watching_finetune)
+    loop.run()
+    assert starts[1] == pytest.approx(ends[0], rel=1e-6)
+
+
+def test_prompt_is_used_where_the_model_was_trained_with_it(tmp_path):
+    loop, log = make_loop(tmp_path, ["n_iterations=2"])
+    loop.run()
+    prefix = loop.task.fewshot_prompt()
+    by_desc = {c["desc"]: c["prefix"] for c in log}
+    assert by_desc["iter 0 eval"] == prefix
+    assert by_desc["iter 1 generate"] == prefix          # M0 is the few-shot base
+    assert by_desc["iter 1 eval"] == ""                  # M1 was trained without the prompt
+    assert by_desc["iter 2 generate"] == ""
+    kept, log2 = make_loop(tmp_path / "keep", ["n_iterations=2", "method.keep_prompt_in_training=true"])
+    kept.run()
+    by_desc = {c["desc"]: c["prefix"] for c in log2}
+    assert by_desc["iter 1 eval"] == prefix and by_desc["iter 2 generate"] == prefix
+
+
+class NothingRight(ScriptedGenerator):
+    def generate(self, prefix, questions, **kw):
+        return ["The answer is -1.\n\n" for _ in questions]
+
+
+def test_iteration_that_keeps_nothing_skips_training(tmp_path):
+    cfg = compose_config(BASE + ["n_iterations=2"])
+    calls = []
+    loop = StarLoop(cfg, tmp_path / "run", make_generator=lambda m, t: NothingRight(calls),
+                    finetune_fn=lambda *a, **k: pytest.fail("nothing was kept: no fine-tuning"))
+    history = loop.run()
+    for n in (1, 2):
+        d = A.iter_dir(loop.run_dir, n)
+        assert (d / "train.jsonl").exists() and A.read_jsonl(d / "train.jsonl") == []
+        assert not (d / "checkpoint").exists()
+        assert history[n]["data/n_examples"] == 0 and history[n]["train/steps"] == 0
+        assert loop.model_ref(n).checkpoint is None and loop.model_ref(n).prompted
+
+
+def test_sample_per_iteration(tmp_path):
+    loop, _ = make_loop(tmp_path, ["n_iterations=2", "task.sample_per_iteration=10"])
+    loop.run()
+    ids = [[r["id"] for r in A.read_jsonl(A.iter_dir(loop.run_dir, n) / "generations.jsonl")] for n in (1, 2)]
+    assert len(ids[0]) == len(ids[1]) == 10
+    assert ids[0] != ids[1], "each iteration samples its own subset"
+    assert ids[0] == [ex.id for ex in loop.train_questions(1)]
+
+
+@pytest.mark.parametrize("mode,n,n_examples,batch,expected", [
+    ("exponential", 1, 100, 8, 40), ("exponential", 2, 100, 8, 48), ("exponential", 5, 100, 8, 83),
+    ("linear", 1, 100, 8, 40), ("linear", 3, 100, 8, 80),
+    ("epoch", 1, 100, 8, 13), ("epoch", 2, 100, 8, 15), ("epoch", 1, 3, 8, 1),
+])
+def test_schedule(mode, n, n_examples, batch, expected):
+    cfg = compose_config([f"schedule={mode}"])
+    assert scheduled_steps(cfg.schedule, n, n_examples, batch) == expected
+
+
+def test_plateau_stops_early(tmp_path):
+    loop, _ = make_loop(tmp_path, ["n_iterations=4", "plateau_patience=1"])
+    history = loop.run()
+    # The scripted generator scores the same every iteration: no gain after iteration 1.
+    assert len(history) == 2
+    assert not A.iter_dir(loop.run_dir, 2).exists()
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert derive_seed(0, 1, "generate", "a") == derive_seed(0, 1, "generate", "a")
+    cells = {derive_seed(s, n, st, k) for s in (0, 1) for n in (1, 2) for st in ("generate", "rationalize")
+             for k in ("a", "b")}
+    assert len(cells) == 16
+
+
+def test_resume_in_process_never_redoes_a_finished_stage(tmp_path):
+    loop, log = make_loop(tmp_path, ["n_iterations=1"])
+    loop.run()
+    markers = {p: p.read_bytes() for p in loop.run_dir.rglob("*.done")}
+    mtimes = {p: p.stat().st_mtime_ns for p in markers}
+    calls_before = len(log)
+    longer, log2 = make_loop(tmp_path, ["n_iterations=2"])
+    history = longer.run()
+    assert len(history) == 3
+    assert {p: p.stat().st_mtime_ns for p in markers} == mtimes
+    assert all(c["desc"].startswith("iter 2") for c in log2), [c["desc"] for c in log2]
+    assert calls_before > 0
