@@ -36,7 +36,7 @@ from star.tasks import build_task
 from star.tasks.base import Example
 from star.tracking import Tracker
 from star.training import finetune
-from star.training.callbacks import GenerationCallback
+from star.training.callbacks import GenerationCallback, KillAtStepCallback
 
 ITERATION_STAGES = ("generate", "rationalize", "train", "eval", "log")
 BASELINE_STAGES = ("eval", "log")
@@ -258,6 +258,9 @@ class StarLoop:
         callbacks = []
         if self.cfg.trainer.eval_every_n_steps:
             callbacks.append(self._generation_callback(keep_prompt))
+        kill_at = os.environ.get("STAR_KILL_AT", "")
+        if kill_at.startswith(f"{iteration}/train/step_"):  # fault-test hook: die mid-training
+            callbacks.append(KillAtStepCallback(int(kill_at.rsplit("_", 1)[1])))
         _crash_hook(f"{iteration}/train/before_fit")
         stats = self.finetune_fn(model, self.base()[1], rows, steps=steps, trainer_cfg=self.cfg.trainer,
                                  seed=derive_seed(self.cfg.seed, iteration, "train"),
@@ -271,7 +274,7 @@ class StarLoop:
         info = {"checkpoint": checkpoint, "prompted": keep_prompt, "n_examples": len(rows),
                 "n_direct": len(direct), "n_rationalized": len(rationalized), "steps": stats.steps,
                 "loss": stats.loss, "train_tokens_per_s": stats.tokens_per_s}
-        if callbacks:
+        if self.cfg.trainer.eval_every_n_steps:
             info["dev_curve"] = [{k: v for k, v in h.items() if k in ("step", "accuracy")} for h in callbacks[0].history]
         return info
 

@@ -22,10 +22,14 @@ Run directory layout (everything W&B writes stays inside the run directory)
                                        what wandb would otherwise put under ~
     <run>/metrics.csv                  one row per iteration
 
+Durability
+    Each log_iteration() opens the W&B run (resume="allow"), logs and finishes it, so
+    an iteration reported as logged is on disk even if the job is SIGKILLed later.
+
 Resuming
     A new Tracker on the same run directory reuses the stored run id with
-    resume="allow". Offline, each process writes a NEW `offline-run-*` directory
-    holding that process's part of the run; `wandb sync <run>/wandb/offline-run-*`
+    resume="allow". Offline, each W&B session (one per logged iteration) writes a NEW
+    `offline-run-*` directory holding that part of the run; `wandb sync <run>/wandb/offline-run-*`
     uploads them as one run, file by file in order of start time. Rows are logged
     with step=iteration, so steps keep increasing across the parts. Re-logging an
     iteration replaces its row in metrics.csv; W&B (online, or once synced) keeps
@@ -139,8 +143,11 @@ class Tracker:
         self._saved_env: dict[str, str | None] = {}
         # Earlier rows survive a restart: a resumed job keeps them in metrics.csv.
         self._rows = _read_csv(self.run_dir / METRICS_CSV) if self.use_csv else {}
-        if self.use_wandb:
+        self._config, self._run_name = config, run_name
+        if self.use_wandb and logger_cfg.mode == "online":
+            # Fail before any work, not at the end of iteration 0.
             self._start_wandb(config, run_name)
+            self._close_wandb()
 
     # ---- context manager ----
     def __enter__(self) -> Tracker:
@@ -230,11 +237,20 @@ class Tracker:
             # Replace, not append: a redone iteration must not appear twice.
             self._rows[iteration] = {k: _csv_cell(v) for k, v in metrics.items()}
             self._write_csv()
-        if self.run is not None:
-            data: dict[str, Any] = {**metrics, "iteration": iteration}
-            if samples:
-                data["samples"] = _samples_table(samples)
-            self.run.log(data, step=iteration)
+        if self.use_wandb:
+            # One W&B session per iteration, finished before returning: wandb-core buffers
+            # its offline log, and a job killed later (SIGKILL, preemption) would otherwise
+            # lose iterations it had already marked as logged.
+            self._start_wandb(self._config, self._run_name)
+            try:
+                data: dict[str, Any] = {**metrics, "iteration": iteration}
+                if samples:
+                    data["samples"] = _samples_table(samples)
+                self.run.log(data, step=iteration)
+            except BaseException:
+                self._close_wandb(exit_code=1)
+                raise
+            self._close_wandb()
 
     def _write_csv(self) -> None:
         keys = sorted({k for row in self._rows.values() for k in row})

@@ -33,5 +33,5 @@ def make_cfg():
 def run_star(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess (what a user types)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "star.cli", *args], cwd=REPO, env=full_env,
+    return subprocess.run(["star", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -36,3 +36,18 @@ class GenerationCallback(L.Callback):
     def on_train_end(self, trainer, pl_module):
         if self.at_fit_end:
             self._run(trainer, pl_module)
+
+
+class KillAtStepCallback(L.Callback):
+    """Fault-test hook: SIGKILL this process right after training step `step` (never in normal runs;
+    the loop adds it only when STAR_KILL_AT names a training step)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
