@@ -229,3 +229,40 @@ def test_resume_in_process_never_redoes_a_finished_stage(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in markers} == mtimes
     assert all(c["desc"].startswith("iter 2") for c in log2), [c["desc"] for c in log2]
     assert calls_before > 0
+
+
+def test_generation_callback_records_dev_accuracy_during_fit(tmp_path):
+    loop, log = make_loop(tmp_path, ["n_iterations=1", "schedule.base_steps=4", "trainer.eval_every_n_steps=2",
+                                     "trainer.callback_dev_size=4"])
+    loop.run()
+    curve = A.read_done(loop.run_dir, 1, "train")["dev_curve"]
+    assert [c["step"] for c in curve] == [2]  # every 2 steps, before the last one
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in curve)
+    fit_evals = [c for c in log if c["desc"] == "fit eval"]
+    assert len(fit_evals) == 1 and len(fit_evals[0]["questions"]) == 4
+
+
+class RightForWrongReasons(ScriptedGenerator):
+    """Right answers everywhere, but a wrong first step whenever a is odd."""
+
+    def generate(self, prefix, questions, **kw):
+        out = []
+        for q in questions:
+            a, b, _ = QUESTION.match(q).groups()
+            pad = scratchpad_for(int(a), int(b))
+            if int(a) % 2:
+                pad = re.sub(r"write (\d)", lambda m: f"write {(int(m.group(1)) + 1) % 10}", pad, count=1)
+            out.append(pad)
+        return out
+
+
+@pytest.mark.parametrize("only_faithful", [False, True])
+def test_faithful_rate_and_keep_only_faithful(tmp_path, only_faithful):
+    cfg = compose_config(BASE + ["n_iterations=1", f"method.keep_only_faithful={str(only_faithful).lower()}"])
+    loop = StarLoop(cfg, tmp_path / "run", make_generator=lambda m, t: RightForWrongReasons([]))
+    history = loop.run()
+    n_odd = sum(ex.meta["a"] % 2 for ex in loop.task.load("train"))
+    assert 0 < n_odd < 30
+    assert history[1]["gen/solve_rate"] == 1.0
+    assert history[1]["gen/faithful_rate"] == pytest.approx((30 - n_odd) / 30)
+    assert history[1]["data/n_examples"] == (30 - n_odd if only_faithful else 30)
