@@ -200,3 +200,25 @@ def validate(cfg: Any) -> None:
     need(cfg.logger.mode in LOGGER_MODES, f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got '{cfg.logger.mode}'")
     need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
          f"plateau_patience must be >= 1 or null, got {cfg.plateau_patience}")
+    from star.models import MODEL_BUILDERS
+
+    need(cfg.model.name in MODEL_BUILDERS,
+         f"unknown model '{cfg.model.name}'; choose one of: {', '.join(sorted(MODEL_BUILDERS))} (model=NAME)")
+    validate_task_data(cfg)
+
+
+def validate_task_data(cfg: Any) -> None:
+    """Build the task and read both splits and the prompt: bad data fails before any model loads.
+
+    Tasks raise ValueError for problems in their config or data (too few problems for the
+    requested size, a malformed row, an empty prompt file); here that becomes a ConfigError.
+    """
+    from star.tasks import build_task
+
+    try:
+        task = build_task(cfg.task, seed=cfg.seed)
+        task.load("train")
+        task.load("dev")
+        task.fewshot_prompt()
+    except (ValueError, OSError) as e:
+        raise ConfigError(str(e)) from None

@@ -116,6 +116,7 @@ def test_killed_run_resumes_to_identical_artifacts(reference_run, tmp_path, poin
     (["sampling.temperature=-1"], "sampling.temperature"),
     (["task.digitz=3"], "digitz"),
     (["schedule=nosuch"], "schedule"),
+    (["task.digits=[1]", "task.train_size=500"], "task.train_size"),
 ])
 def test_user_errors_exit_nonzero_without_traceback(tmp_path, args, needle):
     proc = run_star(["model=tiny", "debug=fast", "logger=none", f"hydra.run.dir={tmp_path / 'r'}", *args])

@@ -106,6 +106,8 @@ BAD_VALUES = [
     ("generator.batch_size=0", "generator.batch_size"),
     ("logger.mode=cloud", "logger.mode"),
     ("plateau_patience=0", "plateau_patience"),
+    ("model.name=nosuch", "unknown model"),
+    ("task.digits=[1]", "task.train_size"),  # 100 one-digit problems cannot fill 1000 + 100
 ]
 
 
