@@ -34,6 +34,9 @@ class TaskConfig:
     sample_per_iteration: Optional[int] = None
     # File-backed tasks read local files here (json, jsonl, parquet) when offline.
     data_files: DataFilesConfig = field(default_factory=DataFilesConfig)
+    # File-backed tasks: the `datasets` hub id (and config name) read when data_files are not set.
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
     # Longest completion the generator may write for this task.
     max_new_tokens: int = 128
 

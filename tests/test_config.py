@@ -10,7 +10,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from star.cli import CONF_DIR
 from star.config import ConfigError, validate
-from tests.conftest import compose_config
+from tests.conftest import REPO, compose_config
 
 GROUPS = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
 
@@ -21,6 +21,15 @@ def group_options():
             yield group, f.stem
 
 
+def required_for(group: str, option: str) -> list[str]:
+    """What an option needs besides itself to validate offline (a model path, local data)."""
+    if group == "model" and option == "hf":
+        return ["model.name_or_path=/some/local/model"]
+    if group == "task" and (REPO / "tests" / "data" / option).is_dir():
+        return [f"task.data_files.{split}={REPO}/tests/data/{option}/{split}.jsonl" for split in ("train", "dev")]
+    return []
+
+
 def test_groups_present():
     for group in ("task", "model", "method", "rationalization", "sampling", "schedule", "trainer",
                   "generator", "logger", "debug"):
@@ -29,19 +38,13 @@ def test_groups_present():
 
 @pytest.mark.parametrize("group,option", list(group_options()))
 def test_every_option_composes_and_validates(group, option):
-    overrides = [f"{group}={option}"]
-    if group == "model" and option == "hf":
-        overrides.append("model.name_or_path=/some/local/model")
-    cfg = compose_config(overrides)
+    cfg = compose_config([f"{group}={option}", *required_for(group, option)])
     validate(cfg)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, o in group_options() if g != "debug"])
 def test_every_option_composes_with_debug_fast(group, option):
-    overrides = [f"{group}={option}", "debug=fast"]
-    if group == "model" and option == "hf":
-        overrides.append("model.name_or_path=/some/local/model")
-    validate(compose_config(overrides))
+    validate(compose_config([f"{group}={option}", "debug=fast", *required_for(group, option)]))
 
 
 def test_each_option_sets_its_group():

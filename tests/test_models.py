@@ -17,6 +17,7 @@ from star import models  # noqa: E402
 from star.config import ModelConfig  # noqa: E402
 from star.models import (  # noqa: E402
     MODEL_BUILDERS,
+    TINY_MAX_POSITIONS,
     ModelNotFoundError,
     load_checkpoint,
     load_model_and_tokenizer,
@@ -63,7 +64,7 @@ def test_tiny_builds_fast_and_shapes(tiny):
     assert model.config.vocab_size == len(tokenizer)
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
     assert model.config.num_attention_heads == 4
-    assert model.config.max_position_embeddings == 2048
+    assert model.config.max_position_embeddings == TINY_MAX_POSITIONS
     assert model.config.use_cache is True
     assert not model.training
 

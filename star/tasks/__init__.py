@@ -13,6 +13,8 @@ from star.tasks.base import Example, Task
 # name -> "module:Class"; imported lazily so an unused task costs nothing.
 TASKS: dict[str, str] = {
     "arithmetic": "star.tasks.arithmetic:ArithmeticTask",
+    "cqa": "star.tasks.cqa:CqaTask",
+    "gsm8k": "star.tasks.gsm8k:Gsm8kTask",
 }
 
 

@@ -1,0 +1,388 @@
+"""GSM8K: grade-school math word problems with a step-by-step solution (the STaR paper's second task).
+
+Data comes through `datasets` (star/tasks/hf_data.py): the hub's `openai/gsm8k`, config
+`main`, when no files are given (train = hub "train", dev = hub "test"), or local
+json/jsonl/parquet files in the hub's schema, one row per problem:
+
+    {"question": "...", "answer": "She has 24 - 15 = <<24-15=9>>9 left.\\n#### 9"}
+
+    star task=gsm8k task.data_files.train=gsm8k_train.jsonl task.data_files.dev=gsm8k_test.jsonl
+
+The hub rows have no id: examples are named "<split>-00000", ... in file order (a file may
+add an "id" column of unique strings instead). task.train_size / task.dev_size cap each
+split at its first N rows in file order. Every row is checked (also those past the cap):
+missing, empty or non-string fields, and an answer that does not end in "#### N" with N a
+number and at least one solution line before it, are errors that name the row.
+
+Prompt and completion (prompts/gsm8k.txt holds 8 hand-written exemplars; gsm8k_direct.txt
+the same questions with only the answer line, for the few-shot-direct baseline):
+
+    Q: A baker makes 24 muffins ... How many muffins does she have now?
+                                 <- with hint=True: "...now? (hint: the answer is 17)"
+    A: After selling, she has 24 - 15 = 9 muffins.
+    After baking 8 more, she has 9 + 8 = 17 muffins.
+    The answer is 17.
+    <blank line>
+
+One step a line, no blank line inside (a blank line is the stop string). The hint shows the
+gold final number only, never the gold solution. gold_rationale is the dataset's solution in
+this format: calculator annotations (<<3*4=12>>) removed, blank lines dropped, then
+"The answer is N.". class_of is the number of solution lines before "####" (a difficulty
+proxy), as a string. is_faithful is None: steps are not checked.
+
+Decisions worth knowing (the verifier, `answer_value`):
+- Only text before the first stop ("\\n\\n") and before a line starting "Q:" (the model
+  began a new exemplar) is read.
+- Answer statements: "answer is N", "answer: N", "#### N", "\\boxed{N}" (case-insensitive;
+  "answer is not" is not one), each up to the end of its sentence. Statements that hold no
+  number are ignored; the others must all agree, or there is no answer.
+- In a statement, the number is the one after the last "=" when there is one ("the answer
+  is 12 * 32 = 384"), else the first number ("384 (12 full shelves)"). Two numbers joined
+  by "or", "and", ",", "to" or "-" ("21 or 24", "6, 12, 16") are two answers: none.
+- Numbers: thousands separators ("1,250"; a comma elsewhere, as in "50,00", is no number),
+  space-grouped thousands ("5 000"), currency signs, "%", trailing zeros ("5.00"), the
+  unicode minus and "minus 5", "5 degrees below zero", "17 dollars and 50 cents", simple
+  fractions ("3/2") and number words up to ninety-nine ("twenty-four"). Compared exactly
+  as fractions, so 1.5 == 3/2 and 5000.0 == 5000.
+- With no answer statement at all, a completion that finished (it wrote the stop, or began
+  a new "Q:") is read by its last line: the number after its last "=", else its only
+  number ("So Lena has 24 apples left."). A completion cut off by max_new_tokens with no
+  answer statement has no answer.
+- Measured on 58 held-out labelled outputs (tests/data/verifier_labels/gsm8k.jsonl, split
+  "holdout"; benchmarks/verifier_rates.md): false-negative rate 1/40 = 2.5% ("the answer is
+  none" for 0), false-positive rate 0/18 = 0%.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, localcontext
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+
+from star.tasks.base import Example
+from star.tasks.hf_data import DataSource, TaskDataError, load_rows, text_problem
+
+NAME = "gsm8k"
+HUB_ID = "openai/gsm8k"
+HUB_CONFIG = "main"
+HUB_SPLITS = {"train": "train", "dev": "test"}
+STOP = "\n\n"
+REQUIRED = ("question", "answer")
+SCHEMA = ('{"question": "Tom has 3 bags of 4 apples. How many apples?", '
+          '"answer": "He has 3 * 4 = <<3*4=12>>12 apples.\\n#### 12"}')
+
+AMBIGUOUS = "<ambiguous>"
+
+_MARKER_RE = re.compile(r"\banswer\s*(?:is\b|:|=)(?!\s*not\b)|####|\\boxed\{", re.IGNORECASE)
+# Sentence end: . ! ? ; followed by a space or the end, so "1.5" and "$1.50." read whole.
+_SENTENCE_END_RE = re.compile(r"[.!?;](?=\s|$)")
+_NEW_QUESTION_RE = re.compile(r"^\s*Q:", re.MULTILINE)
+_NUMBER_RE = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_JOINED_RE = re.compile(r"\s*(?:,|;|or|and|to|-|,\s*(?:or|and))?\s*", re.IGNORECASE)
+_GROUPED_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_CALC_RE = re.compile(r"<<[^<>]*>>")
+_EXEMPLAR_RE = re.compile(r"Q: (?P<q>.+?)\nA:(?P<c>.*)", re.DOTALL)
+
+_UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+          "nineteen"]
+_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_WORD_NUMBER_RE = re.compile(
+    rf"\b(?:(?P<tens>{'|'.join(_TENS)})(?:[\s-](?P<unit>{'|'.join(_UNITS[1:10])}))?|(?P<small>{'|'.join(_UNITS)}))\b",
+    re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+def parse_number(token: str) -> Fraction | None:
+    """One number token ("-1,250.50", "3/2") as an exact Fraction, or None when malformed."""
+    token = token.rstrip(",")
+    sign = -1 if token.startswith("-") else 1
+    body = token.lstrip("-")
+    if "/" in body:
+        num, den = body.split("/", 1)
+        if not (num.isdigit() and den.isdigit()) or int(den) == 0:
+            return None
+        return sign * Fraction(int(num), int(den))
+    if "," in body:
+        if not _GROUPED_RE.fullmatch(body):
+            return None  # "50,00", "1,2": not thousands separators
+        body = body.replace(",", "")
+    try:
+        return sign * Fraction(body)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def canonical(value: Fraction) -> str:
+    """"5000", "-5", "1.5"; a fraction that is no finite decimal stays "p/q"."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    d = value.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    if d != 1:
+        return f"{value.numerator}/{value.denominator}"
+    with localcontext() as ctx:
+        ctx.prec = 60
+        text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _clean(text: str) -> str:
+    """Rewrite the number spellings the verifier accepts into plain tokens."""
+    s = text.replace("\u2212", "-").replace("\u2013", "-")
+    s = re.sub(r"\\boxed\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\(?:text|mathrm)\{[^{}]*\}|[{}]", " ", s)
+    s = re.sub(r"[$\u20ac\u00a3\u00a5\u20b9%]", "", s)
+    s = re.sub(r"\bminus\s+(?=\d)", "-", s, flags=re.IGNORECASE)
+    s = re.sub(r"(\d[\d,]*(?:\.\d+)?)\s*degrees?\s+below\s+zero", r"-\1", s, flags=re.IGNORECASE)
+    s = re.sub(r"(\d[\d,]*)\s*dollars?\s+and\s+(\d{1,2})\s*cents?",
+               lambda m: f"{m.group(1)}.{int(m.group(2)):02d}", s, flags=re.IGNORECASE)
+    # "5 000" (thin or plain spaces between groups of three) -> "5000"
+    s = re.sub(r"(?<![\d.,])\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?![\d.,]*\d)",
+               lambda m: re.sub(r"\s", "", m.group(0)), s)
+    return s
+
+
+def _word_number(text: str) -> Fraction | None:
+    m = _WORD_NUMBER_RE.search(text)
+    if not m:
+        return None
+    if m.group("small"):
+        return Fraction(_UNITS.index(m.group("small").lower()))
+    unit = _UNITS.index(m.group("unit").lower()) if m.group("unit") else 0
+    return Fraction(20 + 10 * _TENS.index(m.group("tens").lower()) + unit)
+
+
+def number_in(statement: str) -> Fraction | str | None:
+    """The answer number of one statement, AMBIGUOUS (two joined numbers, a malformed one),
+    or None when it holds no number."""
+    s = _clean(statement)
+    if "=" in s:
+        s = s.rsplit("=", 1)[1]
+    tokens = list(_NUMBER_RE.finditer(s))
+    if not tokens:
+        return _word_number(s)
+    if len(tokens) > 1 and _JOINED_RE.fullmatch(s[tokens[0].end():tokens[1].start()]):
+        return AMBIGUOUS
+    value = parse_number(tokens[0].group(0))
+    return AMBIGUOUS if value is None else value
+
+
+# ----------------------------------------------------------------------------- verifier
+
+def answer_region(completion: str) -> tuple[str, bool]:
+    """(the part that answers this question, whether the model finished it): the text before
+    the stop and before a new "Q:"; finished when either of those was written."""
+    text, stopped = completion.split(STOP, 1)[0], STOP in completion
+    m = _NEW_QUESTION_RE.search(text)
+    if m:
+        return text[: m.start()], True
+    return text, stopped
+
+
+def answer_statements(region: str) -> list[str]:
+    out = []
+    for line in region.split("\n"):
+        for m in _MARKER_RE.finditer(line):
+            rest = line[m.end():].lstrip(" :")
+            end = _SENTENCE_END_RE.search(rest)
+            out.append((rest[: end.start()] if end else rest).strip())
+    return out
+
+
+def answer_value(completion: str) -> Fraction | None:
+    """The one final number a completion states, or None (none, malformed, or several)."""
+    region, finished = answer_region(completion)
+    statements = answer_statements(region)
+    values = set()
+    for statement in statements:
+        v = number_in(statement)
+        if v == AMBIGUOUS:
+            return None
+        if v is not None:
+            values.add(v)
+    if statements:
+        return values.pop() if len(values) == 1 else None
+    if not finished:
+        return None  # cut off before any answer
+    lines = [line.strip() for line in region.split("\n") if line.strip()]
+    if not lines:
+        return None
+    last = _clean(lines[-1])
+    if "=" in last:
+        v = number_in(last)
+        return v if isinstance(v, Fraction) else None
+    tokens = _NUMBER_RE.findall(last)
+    return parse_number(tokens[0]) if len(tokens) == 1 else None
+
+
+def extract_answer(completion: str) -> str | None:
+    """The final number as a canonical string ("5000", "-5", "1.5"), or None."""
+    v = answer_value(completion)
+    return None if v is None else canonical(v)
+
+
+# ----------------------------------------------------------------------------- data
+
+def split_solution(answer: str) -> tuple[list[str], str]:
+    """A hub answer -> (its solution lines before "####", the text after "####")."""
+    body, _, final = answer.rpartition("####")
+    return [line.strip() for line in body.split("\n") if line.strip()], final.strip()
+
+
+def gold_number(answer: str) -> Fraction | None:
+    """The number after "####", read strictly: one number token, commas and currency allowed."""
+    _, final = split_solution(answer)
+    s = _clean(final).strip()
+    return parse_number(s) if _NUMBER_RE.fullmatch(s) else None
+
+
+def _row_problems(row: dict) -> list[str]:
+    problems = [p for p in (text_problem(row, "question"), text_problem(row, "answer")) if p]
+    if "id" in row and row["id"] is not None:
+        p = text_problem(row, "id")
+        if p:
+            problems.append(p)
+    if not text_problem(row, "answer"):
+        answer = row["answer"]
+        n = answer.count("####")
+        lines, final = split_solution(answer)
+        if n != 1:
+            problems.append(f"answer must end in one '#### N' (the final number), found {n} '####'")
+        elif gold_number(answer) is None:
+            problems.append(f"the final answer after '####' must be a number, got {final[:30]!r}")
+        elif not lines:
+            problems.append("answer has no solution lines before '####'")
+    return problems
+
+
+def _example(row: dict, rid: str) -> Example:
+    lines, _ = split_solution(row["answer"])
+    return Example(id=rid, question=row["question"].strip(), answer=canonical(gold_number(row["answer"])),
+                   meta={"solution": row["answer"], "n_steps": len(lines)})
+
+
+def gold_rationale_for(solution: str) -> str:
+    """A hub solution in the completion format: one step a line, no calculator annotations, no
+    blank line, then the answer line and the stop."""
+    lines, _ = split_solution(solution)
+    steps = [re.sub(r"\s+", " ", _CALC_RE.sub("", line)).strip() for line in lines]
+    value = gold_number(solution)
+    if value is None:
+        raise ValueError(f"not a GSM8K solution ending in '#### N': {solution[-40:]!r}")
+    return " " + "\n".join([s for s in steps if s] + [f"The answer is {canonical(value)}."]) + STOP
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def parse_exemplars(text: str) -> list[tuple[str, str]]:
+    """A few-shot file -> (question, completion with the stop) pairs: blocks split by a blank
+    line, each "Q: ...\\nA: ..." ending in an answer the verifier reads."""
+    blocks = [b.strip() for b in text.split(STOP) if b.strip()]
+    if not blocks:
+        raise ValueError("the GSM8K few-shot file has no exemplars; write 'Q: ...\\nA: ...' blocks "
+                         "separated by blank lines")
+    out = []
+    for n, block in enumerate(blocks, 1):
+        m = _EXEMPLAR_RE.fullmatch(block)
+        if not m:
+            raise ValueError(f"GSM8K few-shot exemplar {n} is not 'Q: ...\\nA: ...': {block[:60]!r}")
+        completion = m.group("c") + STOP
+        if answer_value(completion) is None:
+            raise ValueError(f"GSM8K few-shot exemplar {n} ('Q: {m.group('q')[:40]}...') has no final answer; "
+                             f"end it with 'The answer is N.'")
+        out.append((m.group("q").strip(), completion))
+    return out
+
+
+class Gsm8kTask:
+    """GSM8K; see the module docstring for the format and the decisions."""
+
+    name = NAME
+    stop = (STOP,)
+
+    def __init__(self, train_size: int, dev_size: int, data_files: dict | None = None,
+                 hub_id: str | None = HUB_ID, hub_config: str | None = HUB_CONFIG,
+                 prompt_dir: str | Path | None = None):
+        if train_size < 0 or dev_size < 0:
+            raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
+        self.sizes = {"train": int(train_size), "dev": int(dev_size)}
+        files = dict(data_files or {})
+        self.source = DataSource(task=NAME, hub_id=hub_id, hub_config=hub_config, hub_splits=HUB_SPLITS,
+                                 data_files={"train": files.get("train"), "dev": files.get("dev")},
+                                 required=REQUIRED, schema=SCHEMA)
+        self.prompt_dir = Path(prompt_dir) if prompt_dir is not None else None
+        # Filled on first use; per instance, so there is no module-level mutable state.
+        self._splits: dict[str, list[Example]] = {}
+        self._fewshot: dict[bool, str] = {}
+
+    @classmethod
+    def from_config(cls, task_cfg, seed: int) -> "Gsm8kTask":
+        files = getattr(task_cfg, "data_files", None)
+        hub_id, hub_config = getattr(task_cfg, "hub_id", None), getattr(task_cfg, "hub_config", None)
+        if not hub_id:  # the default config name belongs to the default hub id only
+            hub_id, hub_config = HUB_ID, HUB_CONFIG
+        return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size,
+                   data_files={"train": getattr(files, "train", None), "dev": getattr(files, "dev", None)},
+                   hub_id=hub_id, hub_config=hub_config)
+
+    # --- data
+
+    def load(self, split: str) -> list[Example]:
+        if split not in self._splits:
+            rows = load_rows(self.source, split, limit=None, check_row=_row_problems, row_id=lambda r: r.get("id"),
+                             unique="id")
+            if any(r.get("id") is not None for r in rows):
+                if any(r.get("id") is None for r in rows):
+                    raise TaskDataError(f"{NAME} {split} data: some rows have an id and some do not; "
+                                        f"give every row a unique id, or drop the id field")
+                ids = [r["id"] for r in rows]
+            else:
+                ids = [f"{split}-{n:05d}" for n in range(len(rows))]
+            limit = self.sizes[split]
+            self._splits[split] = [_example(r, rid) for r, rid in zip(rows[:limit], ids[:limit])]
+        return list(self._splits[split])  # a copy: callers cannot edit the cache
+
+    # --- prompts
+
+    def fewshot_prompt(self, direct: bool = False) -> str:
+        """The exemplars with step-by-step solutions, or with the answer line only (direct=True)."""
+        if direct not in self._fewshot:
+            name = "gsm8k_direct.txt" if direct else "gsm8k.txt"
+            if self.prompt_dir is not None:
+                text = (self.prompt_dir / name).read_text(encoding="utf-8")
+            else:
+                text = (resources.files("star.tasks") / "prompts" / name).read_text(encoding="utf-8")
+            self._fewshot[direct] = "".join(f"Q: {q}\nA:{c}" for q, c in parse_exemplars(text))
+        return self._fewshot[direct]
+
+    def hint_text(self, example: Example) -> str:
+        return f" (hint: the answer is {example.answer})"
+
+    def format_question(self, example: Example, hint: bool = False) -> str:
+        return f"Q: {example.question}{self.hint_text(example) if hint else ''}\nA:"
+
+    # --- scoring
+
+    def extract_answer(self, completion: str) -> str | None:
+        return extract_answer(completion)
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        got = answer_value(completion)
+        return got is not None and got == Fraction(example.answer)
+
+    def class_of(self, example: Example) -> str:
+        if "n_steps" in example.meta:
+            return str(example.meta["n_steps"])
+        return str(len(split_solution(example.meta.get("solution", ""))[0]))
+
+    def gold_rationale(self, example: Example) -> str:
+        return gold_rationale_for(example.meta["solution"])
+
+    def is_faithful(self, example: Example, completion: str) -> None:
+        return None

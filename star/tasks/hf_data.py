@@ -1,0 +1,265 @@
+"""Task data through `datasets`: a hub dataset when online, local files with the same fields offline.
+
+One place for what every file-backed task (cqa, gsm8k) does the same way: find the rows of
+a split, check them, and cap them. The tasks only say which fields a row needs and what a
+good row looks like.
+
+    source = DataSource(task="cqa", hub_id="tau/commonsense_qa", hub_config=None,
+                        hub_splits={"train": "train", "dev": "validation"},
+                        data_files={"train": "cqa_train.jsonl", "dev": None},
+                        required=("id", "question", "choices", "answerKey"), schema=CQA_SCHEMA)
+    rows = load_rows(source, "train", limit=1000, check_row=my_row_checker)
+
+Decisions worth knowing:
+- A split with a file in data_files is read from that file (json: one array of objects or
+  JSON lines; jsonl; parquet) with `datasets.load_dataset("json" | "parquet", ...)`. A split
+  without one is read from the hub with `datasets.load_dataset(hub_id, hub_config,
+  split=...)`. The hub is never contacted for a split that has a file.
+- Every row of the file is checked, also rows past the cap, so a broken file fails
+  whatever the cap. Errors name the row (counting from 1 in file order, plus its id when
+  it has one) and at most MAX_REPORTED rows are listed.
+- The cap keeps the first `limit` rows in file order; a file with fewer rows is used whole.
+- Errors are TaskDataError, a ValueError: config validation turns it into a one-line
+  ConfigError before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+MAX_REPORTED = 10
+
+# Offline, `datasets` retries the hub for about 25 s before it gives up; this says how to skip that.
+OFFLINE_TIP = "set HF_HUB_OFFLINE=1 to fail fast without the network"
+
+
+class TaskDataError(ValueError):
+    """Task data that cannot be read or is malformed; the message names the row or field and the fix."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a task's splits come from and what their rows must hold.
+
+    task:       the task name, for messages ("cqa")
+    hub_id:     `datasets` hub id read when a split has no local file (None: files only)
+    hub_config: the hub dataset's config name ("main" for gsm8k), or None
+    hub_splits: our split name -> the hub's ("dev" -> "validation")
+    data_files: our split name -> a local file, or None for the hub
+    required:   fields every row must have (a missing one is a schema error)
+    schema:     one example row in the expected schema, shown in schema errors
+    """
+
+    task: str
+    hub_id: str | None
+    hub_config: str | None
+    hub_splits: Mapping[str, str]
+    data_files: Mapping[str, str | None]
+    required: tuple[str, ...]
+    schema: str
+    splits: tuple[str, ...] = field(default=("train", "dev"))
+
+    def files_hint(self) -> str:
+        return (f"task.data_files.train=PATH task.data_files.dev=PATH (json, jsonl or parquet; "
+                f"one row per question with the hub's fields, e.g. {self.schema})")
+
+
+def load_rows(source: DataSource, split: str, limit: int | None,
+              check_row: Callable[[dict], list[str]] | None = None,
+              row_id: Callable[[dict], Any] | None = None, unique: str | None = None) -> list[dict]:
+    """The rows of `split` as plain dicts in file order, every row checked, the first `limit` kept.
+
+    check_row(row) returns the row's problems as short phrases ([] for a good row); row_id(row)
+    gives an id to name the row in messages; `unique` names a field no two rows may share.
+    Raises TaskDataError.
+    """
+    if split not in source.splits:
+        raise TaskDataError(f"unknown split '{split}' for {source.task}; valid splits: {', '.join(source.splits)}")
+    path = source.data_files.get(split)
+    if path:
+        where = f"{source.task} {split} file {path} (task.data_files.{split})"
+        dataset = _load_file(Path(path), where)
+    else:
+        where = f"{source.task} {split} split of {source.hub_id}"
+        dataset = _load_hub(source, split)
+    check_columns(list(dataset.column_names), source, where)
+    rows = dataset.to_list()
+    if not rows:
+        raise TaskDataError(f"{where} has no rows; give it at least one question")
+    if check_row is not None:
+        check_rows(rows, check_row, where, row_id)
+    if unique is not None:
+        check_unique(rows, unique, where)
+    return rows if limit is None else rows[:limit]
+
+
+def check_columns(columns: list[str], source: DataSource, where: str) -> None:
+    missing = [f for f in source.required if f not in columns]
+    if missing:
+        raise TaskDataError(
+            f"{where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(found: {', '.join(columns) or 'none'}). Each row must have the hub's fields, e.g. {source.schema}. "
+            f"Fix: convert the file to that schema (see tests/data/{source.task}/ for small examples)")
+
+
+def check_rows(rows: list[dict], check_row: Callable[[dict], list[str]], where: str,
+               row_id: Callable[[dict], Any] | None = None) -> None:
+    """Raise one TaskDataError listing every bad row (the first MAX_REPORTED of them)."""
+    bad: list[str] = []
+    n_bad = 0
+    for n, row in enumerate(rows, 1):
+        problems = check_row(row)
+        if problems:
+            n_bad += 1
+            if len(bad) < MAX_REPORTED:
+                rid = row_id(row) if row_id is not None else None
+                name = f"row {n}" + (f" (id {rid!r})" if isinstance(rid, str) and rid else "")
+                bad.append(f"{name}: {'; '.join(problems)}")
+    if n_bad:
+        more = f"\n  ... and {n_bad - len(bad)} more bad rows" if n_bad > len(bad) else ""
+        raise TaskDataError(f"{where}: {n_bad} bad row{'s' if n_bad > 1 else ''} (rows count from 1 in file order); "
+                            f"fix or drop them:\n  " + "\n  ".join(bad) + more)
+
+
+def check_unique(rows: list[dict], key: str, where: str) -> None:
+    """Raise naming the rows that share a value of `key` (e.g. duplicated ids)."""
+    first: dict[Any, int] = {}
+    dups: list[str] = []
+    for n, row in enumerate(rows, 1):
+        value = row.get(key)
+        if not isinstance(value, str):
+            continue
+        if value in first:
+            dups.append(f"row {n} repeats {key} {value!r} of row {first[value]}")
+        else:
+            first[value] = n
+    if dups:
+        more = f"\n  ... and {len(dups) - MAX_REPORTED} more" if len(dups) > MAX_REPORTED else ""
+        raise TaskDataError(f"{where}: duplicated {key}s ({len(dups)}); every {key} must be unique, "
+                            f"drop or rename the repeats:\n  " + "\n  ".join(dups[:MAX_REPORTED]) + more)
+
+
+# ----------------------------------------------------------------------------- field checks
+# Each returns a problem phrase, or None when the value is fine.
+
+def text_problem(row: dict, key: str) -> str | None:
+    """A required non-empty string field."""
+    if key not in row or row[key] is None:
+        return f"missing {key}"
+    value = row[key]
+    if not isinstance(value, str):
+        return f"{key} must be a string, got {type(value).__name__} {_short(value)}"
+    if not value.strip():
+        return f"{key} is empty"
+    return None
+
+
+def _short(value: Any, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _load_file(path: Path, where: str):
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise TaskDataError(f"{where}: unsupported file type '{path.suffix or '(none)'}'; "
+                            f"use one of {', '.join(FILE_BUILDERS)}")
+    if not path.is_file():
+        raise TaskDataError(f"{where}: no such file (relative paths start at the directory star runs in: "
+                            f"{Path.cwd()}); pass an existing file")
+    if path.stat().st_size == 0:
+        raise TaskDataError(f"{where} is empty; give it at least one question")
+    import datasets
+
+    try:
+        with _quiet(datasets, local=True):
+            return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data")
+    except Exception as e:  # noqa: BLE001 - every reader failure becomes one message with the fix
+        detail = _json_problem(path) if builder == "json" else None
+        raise TaskDataError(f"{where} could not be read as {path.suffix.lstrip('.')}: "
+                            f"{detail or _cause(e)}") from e
+
+
+def _load_hub(source: DataSource, split: str):
+    if not source.hub_id:
+        raise TaskDataError(f"{source.task} has no hub dataset configured (task.hub_id) and no file for "
+                            f"the {split} split; pass {source.files_hint()}")
+    hub_split = source.hub_splits[split]
+    import datasets
+
+    try:
+        with _quiet(datasets, local=False):
+            return datasets.load_dataset(source.hub_id, source.hub_config, split=hub_split)
+    except Exception as e:  # noqa: BLE001 - offline, missing, gated: all end in the same fix
+        config = f" (config {source.hub_config})" if source.hub_config else ""
+        raise TaskDataError(
+            f"could not load the {split} split of {source.task} from the Hugging Face hub: "
+            f"{source.hub_id}{config}, split '{hub_split}' ({_cause(e)}). Offline? Pass local files "
+            f"instead: {source.files_hint()}{_offline_tip()}") from e
+
+
+def _offline_tip() -> str:
+    return "" if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE") else f"; {OFFLINE_TIP}"
+
+
+def _json_problem(path: Path) -> str | None:
+    """The first unreadable line of a JSON-lines file (or the position in a JSON array file)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            return f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            return "a .json file must hold one array of objects (one per question), or JSON lines"
+        return None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            return f"line {n} is not valid JSON ({e.msg}): {_short(line, 60)}"
+        if not isinstance(value, dict):
+            return f"line {n} is not a JSON object (one object per line): {_short(line, 60)}"
+    return None
+
+
+def _cause(e: BaseException) -> str:
+    # datasets wraps reader errors (DatasetGenerationError); the innermost one says what broke.
+    while e.__cause__ is not None and str(e.__cause__):
+        e = e.__cause__
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+class _quiet:
+    """While loading: hide `datasets` progress bars (they clutter a run's log) and, for local
+    files, skip the download-count ping `datasets` sends to the hub for its "json"/"parquet"
+    readers (offline its DNS lookup can stall a load for seconds). Restores both after."""
+
+    def __init__(self, datasets_module, local: bool):
+        self.ds = datasets_module
+        self.local = local
+        self.bars_were_enabled = True
+        self.counts = None
+
+    def __enter__(self):
+        self.bars_were_enabled = not self.ds.are_progress_bars_disabled()
+        self.ds.disable_progress_bars()
+        if self.local:
+            self.counts = self.ds.config.HF_UPDATE_DOWNLOAD_COUNTS
+            self.ds.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+
+    def __exit__(self, *exc):
+        if self.bars_were_enabled:
+            self.ds.enable_progress_bars()
+        if self.local:
+            self.ds.config.HF_UPDATE_DOWNLOAD_COUNTS = self.counts
+        return False
