@@ -12,6 +12,10 @@ How it saves work:
   copied into every batch instead of being re-encoded per question.
 - Questions are sorted by length before batching (little padding), left-padded, and
   each sequence leaves the batch as soon as it writes a stop string or EOS.
+- The KV cache of a batch is preallocated for the whole pass (prefix + prompt +
+  max_new_tokens) and written in place: transformers' DynamicCache concatenates every
+  layer's keys and values at every step, which with a 600-token few-shot prefix copied
+  into each row is most of a CPU decode step.
 - Sampling is seeded per question (seeds[i]), so a completion does not depend on
   which other questions share its batch. temperature 0 is greedy.
 """
@@ -23,6 +27,11 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+try:  # transformers >= 4.56 keeps one layer object per decoder layer
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:  # pragma: no cover - older transformers: no preallocation
+    DynamicCache = DynamicLayer = None
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -47,6 +56,65 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: 
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+
+
+if DynamicLayer is not None:
+
+    class _PreallocLayer(DynamicLayer):
+        """A DynamicLayer whose keys/values live in a buffer with room for the whole pass:
+        update() writes the new positions in place and returns views, instead of
+        concatenating (a full copy of the layer's cache per step)."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, batch: int, capacity: int):
+            super().__init__()
+            b, h, n, _ = keys.shape
+            self._k = keys.new_empty((batch, h, capacity, keys.shape[-1]))
+            self._v = values.new_empty((batch, h, capacity, values.shape[-1]))
+            self._k[:, :, :n] = keys  # broadcasts a batch-1 prefix over the rows
+            self._v[:, :, :n] = values
+            self._n = n
+            self.device = keys.device
+            self.is_initialized = True
+            self._views()
+
+        def _views(self) -> None:
+            self.keys = self._k[:, :, : self._n]
+            self.values = self._v[:, :, : self._n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = key_states.shape[-2]
+            if self._n + n > self._k.shape[-2]:  # out of room (not expected): fall back to growing
+                self._k = torch.cat([self._k[:, :, : self._n], key_states.to(self._k.dtype)], dim=-2)
+                self._v = torch.cat([self._v[:, :, : self._n], value_states.to(self._v.dtype)], dim=-2)
+            else:
+                self._k[:, :, self._n : self._n + n] = key_states
+                self._v[:, :, self._n : self._n + n] = value_states
+            self._n += n
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._k = self._k[indices]
+            self._v = self._v[indices]
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self._k = self._k.repeat_interleave(repeats, dim=0)
+            self._v = self._v.repeat_interleave(repeats, dim=0)
+            self._views()
+
+
+def _preallocated(cache, batch: int, extra: int):
+    """A copy of `cache` (a DynamicCache of plain layers, batch 1 or `batch`) with `batch`
+    rows and room for `extra` more positions per layer; None when that is not possible."""
+    if DynamicCache is None or cache is None or type(cache) is not DynamicCache:
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return None
+    out = DynamicCache()
+    out.layers = [_PreallocLayer(layer.keys, layer.values, batch, layer.keys.shape[-2] + extra) for layer in layers]
+    return out
 
 
 class HFGenerator:
@@ -111,8 +179,11 @@ class HFGenerator:
         n = len(question_ids)
         if prefix_cache is not None:
             rows = question_ids
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(n)
+            width = max(len(r) for r in rows)
+            cache = _preallocated(prefix_cache, n, width + max_new_tokens)
+            if cache is None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(n)
             n_cached = len(prefix_ids)
         else:
             rows = [prefix_ids + q for q in question_ids]
@@ -132,12 +203,15 @@ class HFGenerator:
         new_tokens: list[list[int]] = [[] for _ in range(n)]
         texts = [""] * n
         step_ids = input_ids
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             # Positions count only real tokens, so left padding does not shift them.
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
             out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                              cache=cache, use_cache=True)
             cache = out.cache
+            if step == 0 and n_cached == 0:
+                # No prefix: the prompt's own cache gets room for the new tokens.
+                cache = _preallocated(cache, n, max_new_tokens) or cache
             next_ids = _sample(out.logits[:, -1, :], temperature, top_p, [generators[r] for r in alive])
             keep = []
             for b, r in enumerate(alive):
