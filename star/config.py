@@ -73,6 +73,9 @@ class RationalizationConfig:
     enabled: bool = True
     # Probability that a failed question is retried with the hint.
     p_rationalization: float = 1.0
+    # Rationalize with the few-shot exemplars shown WITH their hints (the model sees how a
+    # hint is used), also for fine-tuned models that are otherwise asked without a prompt.
+    hinted_prompt: bool = True
     # Debug only: "rationalizations" are the task's gold rationales instead of model output,
     # so a random-weight model (model=tiny) still has something to fine-tune on.
     gold_oracle: bool = False

@@ -205,8 +205,9 @@ class StarLoop:
         elif chosen:
             ref = self.model_ref(iteration - 1)
             gen = self.generator(self.model_for(ref))
+            prefix = self.task.fewshot_prompt(hint=True) if rcfg.hinted_prompt else self.prefix(ref)
             completions = gen.generate(
-                self.prefix(ref), [self.task.format_question(ex, hint=True) for ex in chosen],
+                prefix, [self.task.format_question(ex, hint=True) for ex in chosen],
                 seeds=[derive_seed(self.cfg.seed, iteration, "rationalize", ex.id) for ex in chosen],
                 max_new_tokens=self.cfg.task.max_new_tokens, stop=self.task.stop,
                 temperature=self.cfg.sampling.temperature, top_p=self.cfg.sampling.top_p,

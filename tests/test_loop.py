@@ -266,3 +266,15 @@ def test_faithful_rate_and_keep_only_faithful(tmp_path, only_faithful):
     assert history[1]["gen/solve_rate"] == 1.0
     assert history[1]["gen/faithful_rate"] == pytest.approx((30 - n_odd) / 30)
     assert history[1]["data/n_examples"] == (30 - n_odd if only_faithful else 30)
+
+
+@pytest.mark.parametrize("hinted", [True, False])
+def test_rationalization_prompt_shows_hinted_exemplars(tmp_path, hinted):
+    loop, log = make_loop(tmp_path, ["n_iterations=2", f"rationalization.hinted_prompt={str(hinted).lower()}"])
+    loop.run()
+    prefixes = {c["desc"]: c["prefix"] for c in log}
+    hinted_prefix = loop.task.fewshot_prompt(hint=True)
+    assert "(hint: the answer is 132)" in hinted_prefix
+    for n in (1, 2):
+        expected = hinted_prefix if hinted else prefixes[f"iter {n} generate"]
+        assert prefixes[f"iter {n} rationalize"] == expected

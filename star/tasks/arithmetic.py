@@ -275,7 +275,7 @@ class ArithmeticTask:
         self.prompt_path = Path(prompt_path) if prompt_path is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: _Splits | None = None
-        self._fewshot: str | None = None
+        self._fewshot: dict[bool, str] = {}
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "ArithmeticTask":
@@ -318,8 +318,10 @@ class ArithmeticTask:
 
     # --- prompts
 
-    def fewshot_prompt(self) -> str:
-        if self._fewshot is None:
+    def fewshot_prompt(self, hint: bool = False) -> str:
+        """The exemplars; with hint=True each exemplar's question also shows its answer as a
+        hint, as the rationalization prompt does (so the model sees how a hint is used)."""
+        if hint not in self._fewshot:
             if self.prompt_path is not None:
                 text = self.prompt_path.read_text(encoding="utf-8")
             else:
@@ -333,8 +335,10 @@ class ArithmeticTask:
                     raise ValueError(f"few-shot exemplar 'Q: {q}' is wrong: {err}")
             # Canonical join: exemplars separated by (and ending with) exactly the stop
             # string, so prefix + format_question(ex) reads as the next exemplar.
-            self._fewshot = "".join(f"Q: {q}\nA:{c}" for q, c in exemplars)
-        return self._fewshot
+            self._fewshot[hint] = "".join(
+                self.format_question(Example(id="fewshot", question=q, answer=extract_answer(c) or ""), hint=hint) + c
+                for q, c in exemplars)
+        return self._fewshot[hint]
 
     def hint_text(self, example: Example) -> str:
         return f" (hint: the answer is {example.answer})"

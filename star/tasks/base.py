@@ -46,8 +46,10 @@ class Task(Protocol):
     def load(self, split: str) -> list[Example]:
         """Examples of `split` ("train" or "dev"), in a fixed order."""
 
-    def fewshot_prompt(self) -> str:
-        """The few-shot prefix (hand-written exemplars), ending right before a question."""
+    def fewshot_prompt(self, hint: bool = False) -> str:
+        """The few-shot prefix (hand-written exemplars), ending right before a question.
+        hint=True: the same exemplars with their answers shown as hints, formatted as
+        format_question(ex, hint=True) formats them (the rationalization prompt)."""
 
     def format_question(self, example: Example, hint: bool = False) -> str:
         """The per-question prompt part; with hint=True it also shows the gold answer."""

@@ -296,7 +296,7 @@ class CqaTask:
         self.prompt_dir = Path(prompt_dir) if prompt_dir is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: dict[str, list[Example]] = {}
-        self._fewshot: dict[bool, str] = {}
+        self._fewshot: dict[tuple[bool, bool], str] = {}
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "CqaTask":
@@ -317,17 +317,19 @@ class CqaTask:
 
     # --- prompts
 
-    def fewshot_prompt(self, direct: bool = False) -> str:
-        """The exemplars with rationales, or with the answer line only (direct=True)."""
-        if direct not in self._fewshot:
+    def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
+        """The exemplars with rationales, or with the answer line only (direct=True); hint=True
+        tags each exemplar's gold choice, as the rationalization prompt does."""
+        key = (direct, hint)
+        if key not in self._fewshot:
             name = "cqa_direct.txt" if direct else "cqa.txt"
             if self.prompt_dir is not None:
                 text = (self.prompt_dir / name).read_text(encoding="utf-8")
             else:
                 text = (resources.files("star.tasks") / "prompts" / name).read_text(encoding="utf-8")
             # Rebuilt through format_question, so the prefix and the next question read alike.
-            self._fewshot[direct] = "".join(self.format_question(ex) + c for ex, c in parse_exemplars(text))
-        return self._fewshot[direct]
+            self._fewshot[key] = "".join(self.format_question(ex, hint=hint) + c for ex, c in parse_exemplars(text))
+        return self._fewshot[key]
 
     def hint_text(self, example: Example) -> str:
         return HINT

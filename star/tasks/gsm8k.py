@@ -319,7 +319,7 @@ class Gsm8kTask:
         self.prompt_dir = Path(prompt_dir) if prompt_dir is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: dict[str, list[Example]] = {}
-        self._fewshot: dict[bool, str] = {}
+        self._fewshot: dict[tuple[bool, bool], str] = {}
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "Gsm8kTask":
@@ -350,16 +350,20 @@ class Gsm8kTask:
 
     # --- prompts
 
-    def fewshot_prompt(self, direct: bool = False) -> str:
-        """The exemplars with step-by-step solutions, or with the answer line only (direct=True)."""
-        if direct not in self._fewshot:
+    def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
+        """The exemplars with step-by-step solutions, or with the answer line only (direct=True);
+        hint=True shows each exemplar's answer as a hint (the rationalization prompt)."""
+        key = (direct, hint)
+        if key not in self._fewshot:
             name = "gsm8k_direct.txt" if direct else "gsm8k.txt"
             if self.prompt_dir is not None:
                 text = (self.prompt_dir / name).read_text(encoding="utf-8")
             else:
                 text = (resources.files("star.tasks") / "prompts" / name).read_text(encoding="utf-8")
-            self._fewshot[direct] = "".join(f"Q: {q}\nA:{c}" for q, c in parse_exemplars(text))
-        return self._fewshot[direct]
+            self._fewshot[key] = "".join(
+                self.format_question(Example(id="fewshot", question=q, answer=extract_answer(c) or ""), hint=hint) + c
+                for q, c in parse_exemplars(text))
+        return self._fewshot[key]
 
     def hint_text(self, example: Example) -> str:
         return f" (hint: the answer is {example.answer})"
