@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +27,15 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from star import artifacts as A
-from star.evaluation import evaluate, score
+from star.evaluation import evaluate
+from star.faults import armed, crash_point
 from star.generation import build_generator
 from star.models import load_checkpoint, load_model_and_tokenizer, save_checkpoint
 from star.tasks import build_task
 from star.tasks.base import Example
 from star.tracking import Tracker
 from star.training import finetune
-from star.training.callbacks import GenerationCallback, KillAtStepCallback
+from star.training.callbacks import CrashPointCallback, GenerationCallback
 
 ITERATION_STAGES = ("generate", "rationalize", "train", "eval", "log")
 BASELINE_STAGES = ("eval", "log")
@@ -60,12 +59,6 @@ def scheduled_steps(schedule_cfg, iteration: int, n_examples: int, batch_size: i
         epochs = schedule_cfg.base_epochs + schedule_cfg.epoch_growth * k
         return max(1, math.ceil(epochs * n_examples / batch_size))
     raise ValueError(f"schedule.mode must be exponential, linear or epoch, got '{schedule_cfg.mode}'")
-
-
-def _crash_hook(point: str) -> None:
-    """Test hook: STAR_KILL_AT=<point> makes the process SIGKILL itself there (fault tests)."""
-    if os.environ.get("STAR_KILL_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -144,7 +137,7 @@ class StarLoop:
             for stage in stages:
                 if A.is_done(self.run_dir, iteration, stage):
                     continue
-                _crash_hook(f"{iteration}/{stage}/start")
+                crash_point(f"{iteration}/{stage}/start")
                 start = time.perf_counter()
                 info = getattr(self, f"stage_{stage}")(iteration)
                 info["seconds"] = time.perf_counter() - start
@@ -180,7 +173,7 @@ class StarLoop:
             desc=f"iter {iteration} generate",
         )
         seconds = time.perf_counter() - start
-        _crash_hook(f"{iteration}/generate/after_batches")
+        crash_point(f"{iteration}/generate/after_batches")
         rows = [self._row(ex, c) for ex, c in zip(questions, completions)]
         A.write_jsonl(A.iter_dir(self.run_dir, iteration) / "generations.jsonl", rows)
         n_tokens = getattr(gen, "n_new_tokens", 0) - tokens_before
@@ -259,15 +252,14 @@ class StarLoop:
         callbacks = []
         if self.cfg.trainer.eval_every_n_steps:
             callbacks.append(self._generation_callback(keep_prompt))
-        kill_at = os.environ.get("STAR_KILL_AT", "")
-        if kill_at.startswith(f"{iteration}/train/step_"):  # fault-test hook: die mid-training
-            callbacks.append(KillAtStepCallback(int(kill_at.rsplit("_", 1)[1])))
-        _crash_hook(f"{iteration}/train/before_fit")
+        if armed(f"{iteration}/train/step_"):  # fault tests: die mid-training
+            callbacks.append(CrashPointCallback(f"{iteration}/train"))
+        crash_point(f"{iteration}/train/before_fit")
         stats = self.finetune_fn(model, self.base()[1], rows, steps=steps, trainer_cfg=self.cfg.trainer,
                                  seed=derive_seed(self.cfg.seed, iteration, "train"),
                                  prefix=self.task.fewshot_prompt() if keep_prompt else "",
                                  callbacks=callbacks, progress=self.cfg.generator.progress)
-        _crash_hook(f"{iteration}/train/after_fit")
+        crash_point(f"{iteration}/train/after_fit")
         checkpoint = f"iter_{iteration:02d}/checkpoint"
         save_checkpoint(model, self.base()[1], self.run_dir / checkpoint)
         ref = ModelRef(checkpoint, keep_prompt)
@@ -296,7 +288,7 @@ class StarLoop:
         dev = self.task.load("dev")
         result = evaluate(self.generator(model), self.task, dev, self.prefix(ref), self.cfg.task.max_new_tokens,
                           n_samples=self.cfg.logger.n_samples, desc=f"iter {iteration} eval")
-        _crash_hook(f"{iteration}/eval/before_write")
+        crash_point(f"{iteration}/eval/before_write")
         A.write_json(A.iter_dir(self.run_dir, iteration) / "eval.json", result)
         return {"accuracy": result["accuracy"]}
 

@@ -87,8 +87,12 @@ def test_same_seed_same_files(reference_run, tmp_path):
     assert deterministic_files(run) == deterministic_files(reference_run)
 
 
-KILL_POINTS = ["0/eval/start", "1/generate/after_batches", "1/rationalize/start", "1/train/step_1",
-               "1/train/after_fit", "2/eval/before_write", "2/log/start"]
+# Every stage boundary, and inside each stage: mid-generation (after a batch), mid-training
+# (after a step), mid-evaluation (after a batch), and between a stage's work and its files.
+KILL_POINTS = ["0/eval/start", "iter 0 eval/batch_1", "1/generate/start", "iter 1 generate/batch_1",
+               "1/generate/after_batches", "1/rationalize/start", "1/train/start", "1/train/step_1",
+               "1/train/after_fit", "1/eval/start", "iter 1 eval/batch_1", "1/log/start", "2/eval/before_write",
+               "2/log/start"]
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from star.faults import crash_point
+
 try:  # transformers >= 4.56 keeps one layer object per decoder layer
     from transformers.cache_utils import DynamicCache, DynamicLayer
 except ImportError:  # pragma: no cover - older transformers: no preallocation
@@ -172,6 +174,7 @@ class HFGenerator:
             for i, text in zip(batch, texts):
                 results[i] = text
             bar.update(len(batch))
+            crash_point(f"{desc}/batch_{start // self.batch_size + 1}")
         bar.close()
         return results
 

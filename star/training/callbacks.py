@@ -11,6 +11,8 @@ from typing import Callable
 
 import lightning as L
 
+from star.faults import crash_point
+
 
 class GenerationCallback(L.Callback):
     def __init__(self, evaluate_fn: Callable[[object], dict], every_n_steps: int | None = None, at_fit_end: bool = True):
@@ -38,16 +40,12 @@ class GenerationCallback(L.Callback):
             self._run(trainer, pl_module)
 
 
-class KillAtStepCallback(L.Callback):
-    """Fault-test hook: SIGKILL this process right after training step `step` (never in normal runs;
-    the loop adds it only when STAR_KILL_AT names a training step)."""
+class CrashPointCallback(L.Callback):
+    """Fault tests: offers the crash point "<prefix>/step_<k>" after each training step k
+    (see star/faults.py). The loop adds it only when such a point is requested."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, prefix: str):
+        self.prefix = prefix
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        crash_point(f"{self.prefix}/step_{trainer.global_step}")
