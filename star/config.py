@@ -206,10 +206,14 @@ def validate(cfg: Any) -> None:
     need(cfg.logger.mode in LOGGER_MODES, f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got '{cfg.logger.mode}'")
     need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
          f"plateau_patience must be >= 1 or null, got {cfg.plateau_patience}")
-    from star.models import MODEL_BUILDERS
+    from star.models import MODEL_BUILDERS, ModelNotFoundError, check_model_available
 
     need(cfg.model.name in MODEL_BUILDERS,
          f"unknown model '{cfg.model.name}'; choose one of: {', '.join(sorted(MODEL_BUILDERS))} (model=NAME)")
+    try:
+        check_model_available(cfg.model)
+    except ModelNotFoundError as e:
+        raise ConfigError(str(e)) from None
     validate_task_data(cfg)
 
 

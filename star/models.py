@@ -87,6 +87,22 @@ def _looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith(("/", ".", "~")) or os.path.exists(name_or_path)
 
 
+def check_model_available(model_cfg: Any) -> None:
+    """Raise ModelNotFoundError now, before anything loads, when the configured model cannot be
+    found: model=hf without a path or with a local path that does not exist, or the default
+    model's package missing. (A hub id can only be checked by loading it.)"""
+    if model_cfg.name == "hf":
+        if not model_cfg.name_or_path:
+            raise ModelNotFoundError("model=hf needs a model: set model.name_or_path=HUB_ID_OR_DIRECTORY")
+        if _looks_local(model_cfg.name_or_path) and not os.path.isdir(os.path.expanduser(model_cfg.name_or_path)):
+            raise ModelNotFoundError(
+                f"model directory '{model_cfg.name_or_path}' does not exist; "
+                f"point model.name_or_path=... at a saved HF checkpoint directory or a hub id"
+            )
+    elif model_cfg.name == "smollm2_135m":
+        find_smollm2_gguf()
+
+
 def _load_pretrained(name_or_path: str, dtype: str):
     """from_pretrained for a hub id or a local directory, with a clear error when missing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -24,7 +24,7 @@ def group_options():
 def required_for(group: str, option: str) -> list[str]:
     """What an option needs besides itself to validate offline (a model path, local data)."""
     if group == "model" and option == "hf":
-        return ["model.name_or_path=/some/local/model"]
+        return ["model.name_or_path=some-org/some-model"]  # a hub id: checked only when loaded
     if group == "task" and (REPO / "tests" / "data" / option).is_dir():
         return [f"task.data_files.{split}={REPO}/tests/data/{option}/{split}.jsonl" for split in ("train", "dev")]
     return []
