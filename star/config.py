@@ -66,6 +66,11 @@ class MethodConfig:
     restart_from_base: bool = True
     # Keep only rationales whose every step checks out (tasks that can check steps).
     keep_only_faithful: bool = False
+    # Answers only: the answers-only few-shot prompt, and answer-only training targets.
+    direct: bool = False
+    # Where training examples come from: "generated" (STaR: generate, filter, rationalize)
+    # or "gold" (supervised fine-tuning on the gold answers of every training question).
+    data: str = "generated"
 
 
 @dataclass
@@ -171,6 +176,7 @@ class ConfigError(ValueError):
 SCHEDULE_MODES = ("exponential", "linear", "epoch")
 OPTIMIZERS = ("adam", "adamw")
 LOGGER_MODES = ("offline", "online", "disabled")
+METHOD_DATA = ("generated", "gold")
 
 
 def validate(cfg: Any) -> None:
@@ -202,6 +208,7 @@ def validate(cfg: Any) -> None:
     need(cfg.trainer.batch_size > 0, f"trainer.batch_size must be > 0, got {cfg.trainer.batch_size}")
     need(cfg.trainer.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {cfg.trainer.warmup_steps}")
     need(cfg.trainer.optimizer in OPTIMIZERS, f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{cfg.trainer.optimizer}'")
+    need(cfg.method.data in METHOD_DATA, f"method.data must be one of {', '.join(METHOD_DATA)}, got '{cfg.method.data}'")
     need(cfg.generator.batch_size > 0, f"generator.batch_size must be > 0, got {cfg.generator.batch_size}")
     need(cfg.logger.mode in LOGGER_MODES, f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got '{cfg.logger.mode}'")
     need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
@@ -227,8 +234,11 @@ def validate_task_data(cfg: Any) -> None:
 
     try:
         task = build_task(cfg.task, seed=cfg.seed)
-        task.load("train")
+        train = task.load("train")
         task.load("dev")
-        task.fewshot_prompt()
+        task.fewshot_prompt(direct=cfg.method.direct)
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from None
+    if cfg.method.data == "gold" and not cfg.method.direct and train and task.gold_rationale(train[0]) is None:
+        raise ConfigError(f"method.data=gold with rationales needs gold rationales, and task {cfg.task.name} has "
+                          "none; set method.direct=true (method=direct_finetune) to train on the answers only")

@@ -30,6 +30,7 @@ from star import artifacts as A
 from star.evaluation import evaluate
 from star.faults import armed, crash_point
 from star.generation import build_generator
+from star.report import plateaued
 from star.models import load_checkpoint, load_model_and_tokenizer, save_checkpoint
 from star.tasks import build_task
 from star.tasks.base import Example
@@ -111,7 +112,7 @@ class StarLoop:
         return model
 
     def prefix(self, ref: ModelRef) -> str:
-        return self.task.fewshot_prompt() if ref.prompted else ""
+        return self.task.fewshot_prompt(direct=self.cfg.method.direct) if ref.prompted else ""
 
     def generator(self, model):
         return self.make_generator(model, self.base()[1])
@@ -149,19 +150,19 @@ class StarLoop:
         return history
 
     def plateaued(self, history: list[dict]) -> bool:
-        patience = self.cfg.plateau_patience
-        if patience is None or len(history) <= patience:
-            return False
         accs = [h["eval/accuracy"] for h in history]
-        best_before = max(accs[:-patience])
-        return max(accs[-patience:]) <= best_before + self.cfg.plateau_min_delta
+        return plateaued(accs, self.cfg.plateau_patience, self.cfg.plateau_min_delta)
 
     # ---------------------------------------------------------------- stages
     def stage_generate(self, iteration: int) -> dict:
         """Every (sampled) training question, answered by M(n-1) without a hint."""
+        questions = self.train_questions(iteration)
+        if self.cfg.method.data == "gold":
+            # Supervised on the gold answers: nothing to generate.
+            A.write_jsonl(A.iter_dir(self.run_dir, iteration) / "generations.jsonl", [])
+            return {"n_questions": len(questions), "n_correct": 0, "gen_tokens": 0, "gen_tokens_per_s": 0.0}
         ref = self.model_ref(iteration - 1)
         model = self.model_for(ref)
-        questions = self.train_questions(iteration)
         gen = self.generator(model)
         tokens_before = getattr(gen, "n_new_tokens", 0)
         start = time.perf_counter()
@@ -186,7 +187,7 @@ class StarLoop:
         by_id = {ex.id: ex for ex in self.train_questions(iteration)}
         failures = [by_id[r["id"]] for r in generations if not r["correct"]]
         rcfg = self.cfg.rationalization
-        if rcfg.enabled:
+        if rcfg.enabled and self.cfg.method.data == "generated":
             chosen = [ex for ex in failures
                       if random.Random(derive_seed(self.cfg.seed, iteration, "p_rationalization", ex.id)).random()
                       < rcfg.p_rationalization]
@@ -230,11 +231,16 @@ class StarLoop:
         if self.cfg.method.keep_only_faithful:
             direct = [r for r in direct if r["faithful"] is not False]
             rationalized = [r for r in rationalized if r["faithful"] is not False]
-        by_id = {ex.id: ex for ex in self.train_questions(iteration)}
+        questions = self.train_questions(iteration)
+        by_id = {ex.id: ex for ex in questions}
         # The training prompt is the question WITHOUT the hint: the hint never reaches training.
         rows = [{"id": r["id"], "source": source, "prompt": self.task.format_question(by_id[r["id"]]),
                  "completion": r["completion"]}
                 for source, kept in (("direct", direct), ("rationalized", rationalized)) for r in kept]
+        if self.cfg.method.data == "gold":
+            write = self.task.direct_completion if self.cfg.method.direct else self.task.gold_rationale
+            rows = [{"id": ex.id, "source": "gold", "prompt": self.task.format_question(ex), "completion": write(ex)}
+                    for ex in questions]
         A.write_jsonl(d / "train.jsonl", rows)
         previous = self.model_ref(iteration - 1)
         if not rows or not self.cfg.method.train:
@@ -257,7 +263,7 @@ class StarLoop:
         crash_point(f"{iteration}/train/before_fit")
         stats = self.finetune_fn(model, self.base()[1], rows, steps=steps, trainer_cfg=self.cfg.trainer,
                                  seed=derive_seed(self.cfg.seed, iteration, "train"),
-                                 prefix=self.task.fewshot_prompt() if keep_prompt else "",
+                                 prefix=self.task.fewshot_prompt(direct=self.cfg.method.direct) if keep_prompt else "",
                                  callbacks=callbacks, progress=self.cfg.generator.progress)
         crash_point(f"{iteration}/train/after_fit")
         checkpoint = f"iter_{iteration:02d}/checkpoint"
@@ -273,7 +279,7 @@ class StarLoop:
 
     def _generation_callback(self, prompted: bool) -> GenerationCallback:
         dev = self.task.load("dev")[: self.cfg.trainer.callback_dev_size]
-        prefix = self.task.fewshot_prompt() if prompted else ""
+        prefix = self.task.fewshot_prompt(direct=self.cfg.method.direct) if prompted else ""
 
         def evaluate_fn(model) -> dict:
             result = evaluate(self.generator(model), self.task, dev, prefix, self.cfg.task.max_new_tokens, desc="fit eval")

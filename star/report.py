@@ -1,9 +1,41 @@
-"""Turning run outputs into tables: for now, the per-iteration table a run prints at its end.
+"""Run outputs -> paper-style tables and plots (`star-report`), and the per-iteration table a run
+prints at its end (`iteration_table`, used by the `star` CLI).
 
-    print(iteration_table(history))   # history: one metrics.json dict per iteration
+    star-report outputs/sweeps/2026-01-01/12-00-00          # a sweep: every run under it
+    star-report RUN_A RUN_B SWEEP --out my_report/           # run and sweep directories, mixed
+    print(iteration_table(history))                          # history: one metrics.json dict per iteration
+
+A run directory holds `.hydra/config.yaml` and `iter_00/`; a sweep directory holds run directories
+at any depth (`report/` folders are skipped). An iteration counts once its `iter_NN/metrics.json`
+(written by the last stage, `log`) exists, so a run still in progress is reported with the
+iterations it has finished and marked `running`.
+
+Written to --out (default: `report/` inside the first PATH):
+    report.md       the summary table (runs grouped over seeds, the paper's GPT-J numbers beside),
+                    then each run's iteration-by-iteration table
+    report.csv      the summary table, numbers unformatted
+    runs.csv        one row per run: the values the summary averages
+    accuracy.png    dev accuracy vs iteration, one line per run
+    train_data.png  training data used (direct + rationalized, stacked) vs iteration
+    per_digit.png   arithmetic only: dev accuracy per digit count x iteration, one heat map per run
+
+Runs are grouped when their composed configs are equal except for the seed (and logging keys).
 """
 
 from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# ------------------------------------------------------------------ the per-iteration table
 
 
 def _pct(x) -> str:
@@ -17,8 +49,7 @@ def _secs(x) -> str:
 def iteration_table(history: list[dict]) -> str:
     """A Markdown table: iteration, solve rate, rationalized, train fraction, dev accuracy
     overall and per class, and stage times (seconds)."""
-    classes = sorted({k.split("/", 2)[2] for h in history for k in h if k.startswith("eval/accuracy/")},
-                     key=lambda c: (len(c), c))
+    classes = _classes(history)
     stages = ("generate", "rationalize", "train", "eval")
     header = (["iter", "solve %", "rationalized %", "train data %", "dev acc %"]
               + [f"dev {c} %" for c in classes] + [f"{s} s" for s in stages])
@@ -30,3 +61,632 @@ def iteration_table(history: list[dict]) -> str:
         cells += [_secs(h.get(f"time/{s}_s")) for s in stages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _classes(history: list[dict]) -> list[str]:
+    """Per-class accuracy keys (eval/accuracy/<class>), digit counts in numeric order."""
+    return sorted({k.split("/", 2)[2] for h in history for k in h if k.startswith("eval/accuracy/")},
+                  key=lambda c: (len(c), c))
+
+
+# ------------------------------------------------------------------ the paper's numbers
+
+# method.name -> the paper's row label; "star" splits on rationalization.enabled.
+METHOD_LABELS = {
+    "fewshot_direct": "few-shot direct",
+    "fewshot_cot": "few-shot CoT",
+    "direct_finetune": "direct fine-tune",
+    "star/off": "STaR without rationalization",
+    "star/on": "STaR with rationalization",
+}
+FEWSHOT_METHODS = ("fewshot_direct", "fewshot_cot")
+
+# (task.name, method label) -> (accuracy %, % of training data used), GPT-J 6B (PAPER.md).
+# CQA: dev accuracy (Table 1). GSM8K: test accuracy (Table 2). Arithmetic: STaR with
+# rationalization after 16 iterations; direct fine-tuning on 10,000 examples (no data % given).
+PAPER: dict[tuple[str, str], tuple[float, float | str | None]] = {
+    ("cqa", "few-shot direct"): (20.9, "~0"),
+    ("cqa", "few-shot CoT"): (36.6, "~0"),
+    ("cqa", "direct fine-tune"): (60.0, 100.0),
+    ("cqa", "STaR without rationalization"): (68.8, 69.7),
+    ("cqa", "STaR with rationalization"): (72.5, 86.7),
+    ("gsm8k", "few-shot direct"): (3.0, "~0"),
+    ("gsm8k", "few-shot CoT"): (3.1, "~0"),
+    ("gsm8k", "direct fine-tune"): (5.8, 100.0),
+    ("gsm8k", "STaR without rationalization"): (10.1, 25.0),
+    ("gsm8k", "STaR with rationalization"): (10.7, 28.7),
+    ("arithmetic", "direct fine-tune"): (76.3, None),
+    ("arithmetic", "STaR with rationalization"): (89.5, None),
+}
+
+# Keys that cannot change a result: never a reason to keep two runs apart.
+_IGNORED_KEYS = ("seed", "print_table", "generator.progress", "model.cache_dir")
+_IGNORED_PREFIXES = ("logger.",)
+# Keys the summary already shows in columns of their own.
+_COLUMN_KEYS = ("task.name", "method.name", "model.name", "model.name_or_path")
+
+
+class ReportError(Exception):
+    """A mistake the user can fix (a path with no run in it); printed without a traceback."""
+
+
+# ------------------------------------------------------------------ reading runs
+
+
+@dataclass
+class Run:
+    """One run directory: its composed config and the metrics of every finished iteration."""
+
+    path: Path
+    config: dict
+    history: list[dict]
+
+    def get(self, dotted: str, default=None):
+        node = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @property
+    def task(self) -> str:
+        return str(self.get("task.name", "?"))
+
+    @property
+    def method(self) -> str:
+        return method_label(self.get("method.name"), self.get("rationalization.enabled"))
+
+    @property
+    def model(self) -> str:
+        name, path = self.get("model.name"), self.get("model.name_or_path")
+        return str(path) if path and name in (None, "hf") else str(name)
+
+    @property
+    def seed(self):
+        return self.get("seed")
+
+    @property
+    def n_iterations(self) -> int | None:
+        return self.get("n_iterations")
+
+    @property
+    def fewshot(self) -> bool:
+        return self.get("method.name") in FEWSHOT_METHODS
+
+    @property
+    def last(self) -> dict | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def status(self) -> str:
+        """done: every iteration 0..n_iterations finished, or the loop stopped on a plateau
+        (the loop's own rule, cfg.plateau_patience); running: not yet."""
+        n = self.n_iterations
+        if n is not None and len(self.history) >= n + 1:
+            return "done"
+        accs = [h.get("eval/accuracy") for h in self.history]
+        if None not in accs and plateaued(accs, self.get("plateau_patience"), self.get("plateau_min_delta") or 0.0):
+            return "done"
+        return "running"
+
+    # The summary's values: the LAST finished iteration, in percent.
+    @property
+    def dev_acc(self) -> float | None:
+        acc = (self.last or {}).get("eval/accuracy")
+        return None if acc is None else 100 * acc
+
+    @property
+    def train_pct(self) -> float | str | None:
+        frac = (self.last or {}).get("data/train_fraction")
+        if frac is not None:
+            return 100 * frac
+        return "~0" if self.fewshot else None
+
+    def _data_pct(self, key: str) -> float | None:
+        last = self.last or {}
+        n = last.get("data/n_questions")
+        return 100 * last[key] / n if n and key in last else None
+
+    @property
+    def direct_pct(self) -> float | None:
+        return self._data_pct("data/n_direct")
+
+    @property
+    def rationalized_pct(self) -> float | None:
+        return self._data_pct("data/n_rationalized")
+
+    @property
+    def last_iteration(self) -> int | None:
+        return self.last["iteration"] if self.last else None
+
+
+def plateaued(accs: list[float], patience: int | None, min_delta: float = 0.0) -> bool:
+    """The loop's stopping rule: no gain over the best earlier accuracy within `patience` iterations."""
+    if patience is None or len(accs) <= patience:
+        return False
+    return max(accs[-patience:]) <= max(accs[:-patience]) + min_delta
+
+
+def method_label(name: str | None, rationalization: bool | None = None) -> str:
+    """The paper's row label for a method.name ("star" splits on rationalization.enabled);
+    names the paper has no row for are shown as they are."""
+    if name == "star":
+        return METHOD_LABELS["star/on" if rationalization else "star/off"]
+    return METHOD_LABELS.get(str(name), str(name))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / ".hydra" / "config.yaml").is_file() and (path / "iter_00").is_dir()
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Every run directory in `paths` (each a run or a directory holding runs at any depth),
+    in order, without duplicates. A path with no run in it raises ReportError."""
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ReportError(f"{path} does not exist")
+        if not path.is_dir():
+            raise ReportError(f"{path} is not a directory (give a run or sweep directory)")
+        runs = []
+        for dirpath, dirnames, _ in os.walk(path):
+            here = Path(dirpath)
+            if is_run_dir(here):
+                runs.append(here)
+                dirnames[:] = []  # runs do not nest
+                continue
+            # report/ holds our own output; hidden dirs are .hydra and temp dirs.
+            dirnames[:] = sorted(d for d in dirnames if d != "report" and not d.startswith("."))
+        if not runs:
+            raise ReportError(f"no run directory in {path} (a run directory holds .hydra/config.yaml and iter_00/)")
+        for run in runs:
+            found.setdefault(run.resolve(), None)
+    return list(found)
+
+
+def read_run(path: Path) -> Run:
+    """A run's composed config and the metrics of its finished iterations (0, 1, ... until the
+    first iteration without metrics.json)."""
+    import yaml
+
+    path = Path(path)
+    cfg_file = path / ".hydra" / "config.yaml"
+    try:
+        config = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ReportError(f"cannot read {cfg_file}: {e}") from None
+    history = []
+    while (metrics := path / f"iter_{len(history):02d}" / "metrics.json").is_file():
+        try:
+            history.append(json.loads(metrics.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ReportError(f"cannot read {metrics}: {e}") from None
+    return Run(path, config, history)
+
+
+# ------------------------------------------------------------------ grouping over seeds
+
+
+def _flatten(node, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    key = prefix[:-1]
+    return {key: node if isinstance(node, str) else json.dumps(node, separators=(",", ":"))}
+
+
+def _group_config(run: Run) -> dict[str, str]:
+    flat = _flatten(run.config)
+    return {k: v for k, v in flat.items()
+            if k not in _IGNORED_KEYS and not k.startswith(_IGNORED_PREFIXES)}
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed: one row of the summary."""
+
+    runs: list[Run]
+    settings: str = ""  # the config keys that set it apart from groups of the same task, method, model
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def cell(self) -> tuple[str, str, str]:
+        return self.first.task, self.first.method, self.first.model
+
+    @property
+    def status(self) -> str:
+        return "done" if all(r.status == "done" for r in self.runs) else "running"
+
+    @property
+    def name(self) -> str:
+        return ", ".join(x for x in (self.first.method, self.settings) if x)
+
+
+def _method_order(label: str) -> tuple[int, str]:
+    labels = list(METHOD_LABELS.values())
+    return (labels.index(label), "") if label in labels else (len(labels), label)
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs with equal configs but for the seed, in the paper's order (task, method, model)."""
+    by_key: dict[tuple, list[Run]] = {}
+    configs = {}
+    for run in runs:
+        cfg = _group_config(run)
+        key = tuple(sorted(cfg.items()))
+        configs[key] = cfg
+        by_key.setdefault(key, []).append(run)
+    groups = {key: Group(sorted(rs, key=lambda r: (str(r.seed), str(r.path)))) for key, rs in by_key.items()}
+    # Settings: the keys that differ between groups of one (task, method, model) cell.
+    cells: dict[tuple, list[tuple]] = {}
+    for key, g in groups.items():
+        cells.setdefault(g.cell, []).append(key)
+    for cell_keys in cells.values():
+        if len(cell_keys) < 2:
+            continue
+        names = set().union(*(configs[k] for k in cell_keys)) - set(_COLUMN_KEYS)
+        differing = sorted(n for n in names if len({configs[k].get(n) for k in cell_keys}) > 1)
+        for k in cell_keys:
+            groups[k].settings = " ".join(f"{n}={configs[k].get(n, '<unset>')}" for n in differing)
+    return sorted(groups.values(), key=lambda g: (g.first.task, _method_order(g.first.method), g.first.model,
+                                                  g.settings))
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (n-1; None below 2 values) and n, over the known values."""
+    xs = [v for v in values if isinstance(v, (int, float))]
+    if not xs:
+        return None, None, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def summarize(group: Group) -> dict:
+    """One summary row, numbers unformatted (percent); the CSV writes exactly this."""
+    runs = group.runs
+    first = group.first
+    acc, acc_std, n = _mean_std([r.dev_acc for r in runs])
+    train_values = [r.train_pct for r in runs]
+    if all(v == "~0" for v in train_values):
+        train, train_std = "~0", None
+    else:
+        train, train_std, _ = _mean_std(train_values)
+    direct, _, _ = _mean_std([r.direct_pct for r in runs])
+    rationalized, _, _ = _mean_std([r.rationalized_pct for r in runs])
+    lasts = [r.last_iteration for r in runs]
+    paper_acc, paper_train = PAPER.get((first.task, first.method), (None, None))
+    return {
+        "task": first.task, "method": first.method, "model": first.model, "settings": group.settings,
+        "seeds": ",".join(str(r.seed) for r in runs), "n": n,
+        "dev_acc_mean": acc, "dev_acc_std": acc_std,
+        "train_pct_mean": train, "train_pct_std": train_std,
+        "direct_pct_mean": direct, "rationalized_pct_mean": rationalized,
+        "last_iteration_min": min((x for x in lasts if x is not None), default=None),
+        "last_iteration_max": max((x for x in lasts if x is not None), default=None),
+        "n_iterations": first.n_iterations, "status": group.status,
+        "paper_dev_acc": paper_acc, "paper_train_pct": paper_train,
+        "temperature": first.get("sampling.temperature"), "schedule": first.get("schedule.mode"),
+        "runs": ";".join(str(r.path) for r in runs),
+    }
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _num(x, std=None) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.1f}" if std is None else f"{x:.1f} ± {std:.1f}"
+
+
+def _iterations(row: dict) -> str:
+    lo, hi, n = row["last_iteration_min"], row["last_iteration_max"], row["n_iterations"]
+    done = "-" if lo is None else (str(lo) if lo == hi else f"{lo}-{hi}")
+    return f"{done}/{'?' if n is None else n}"
+
+
+def _paper(row: dict) -> str:
+    acc, train = row["paper_dev_acc"], row["paper_train_pct"]
+    if acc is None:
+        return ""
+    if train is None:
+        return f"{acc:.1f}"
+    return f"{acc:.1f} ({train}% data)" if isinstance(train, str) else f"{acc:.1f} ({train:.1f}% data)"
+
+
+SUMMARY_HEADER = ["task", "method", "model", "settings", "seeds", "n", "dev acc %", "train data %",
+                  "direct %", "rationalized %", "iterations", "status", "paper (GPT-J)"]
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
+    for r in rows:
+        cells = [r["task"], r["method"], r["model"], r["settings"] or "-", r["seeds"], str(r["n"]),
+                 _num(r["dev_acc_mean"], r["dev_acc_std"]), _num(r["train_pct_mean"], r["train_pct_std"]),
+                 _num(r["direct_pct_mean"]), _num(r["rationalized_pct_mean"]), _iterations(r), r["status"],
+                 _paper(r) or "-"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+RUN_COLUMNS = ["task", "method", "model", "settings", "seed", "dev_acc", "train_pct", "direct_pct",
+               "rationalized_pct", "last_iteration", "n_iterations", "status", "path"]
+
+
+def run_rows(groups: list[Group]) -> list[dict]:
+    return [{"task": r.task, "method": r.method, "model": r.model, "settings": g.settings, "seed": r.seed,
+             "dev_acc": r.dev_acc, "train_pct": r.train_pct, "direct_pct": r.direct_pct,
+             "rationalized_pct": r.rationalized_pct, "last_iteration": r.last_iteration,
+             "n_iterations": r.n_iterations, "status": r.status, "path": str(r.path)}
+            for g in groups for r in g.runs]
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: "" if row[c] is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
+                         for c in columns})
+    return buf.getvalue()
+
+
+def run_title(run: Run, group: Group) -> str:
+    return f"{run.task} · {group.name} · {run.model} · seed {run.seed}"
+
+
+def markdown_report(groups: list[Group], rows: list[dict], plots: list[str]) -> str:
+    n_runs = sum(len(g.runs) for g in groups)
+    out = [
+        "# STaR report",
+        "",
+        f"{n_runs} run(s) in {len(groups)} group(s). How to read the summary:",
+        "",
+        "- **dev acc %**: `eval/accuracy` of each run's **last** finished iteration (not its best), "
+        "mean ± sample standard deviation (n-1) over the runs of a group (n); runs are grouped when "
+        "their configs differ only in the seed.",
+        "- **train data %**: `data/train_fraction` of that iteration (examples trained on / training "
+        "questions), split into **direct** (`data/n_direct`) and **rationalized** (`data/n_rationalized`) "
+        "over `data/n_questions`; few-shot methods train on nothing (~0).",
+        "- **iterations**: last finished iteration / `n_iterations`; **status**: `done` when every "
+        "iteration finished (or the run stopped on a plateau), `running` otherwise (still running, or "
+        "stopped before the end): its rows use the iterations finished so far.",
+        "- **settings**: the config keys that differ between groups of the same task, method and model.",
+        "- **paper (GPT-J)**: the paper's GPT-J 6B numbers, for scale only: CommonsenseQA dev accuracy "
+        "(Table 1), GSM8K test accuracy (Table 2), arithmetic after 16 iterations (STaR with "
+        "rationalization; direct fine-tuning on 10,000 examples).",
+        "",
+        summary_table(rows),
+        "",
+    ]
+    if plots:
+        out += ["Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
+    out += ["## Runs", ""]
+    for g in groups:
+        for r in g.runs:
+            out += [f"### {run_title(r, g)} ({r.status})", "", f"`{r.path}`", "",
+                    iteration_table(r.history) if r.history else "(no finished iteration yet)", ""]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ plots
+
+
+@dataclass
+class _Panel:
+    """One subplot: a run, or (more than MAX_PANELS runs) a group's mean over its runs."""
+
+    title: str
+    histories: list[list[dict]] = field(default_factory=list)
+
+    def mean(self, iteration: int, key: str) -> float | None:
+        vals = [h[iteration][key] for h in self.histories
+                if iteration < len(h) and h[iteration].get(key) is not None]
+        return statistics.fmean(vals) if vals else None
+
+    @property
+    def n_finished(self) -> int:
+        return max((len(h) for h in self.histories), default=0)
+
+
+MAX_PANELS = 12
+
+
+def _panels(groups: list[Group], runs_filter=lambda r: True) -> list[_Panel]:
+    runs = [(g, r) for g in groups for r in g.runs if runs_filter(r)]
+    tasks = {r.task for _, r in runs}
+    prefix = (lambda r: f"{r.task} · ") if len(tasks) > 1 else (lambda r: "")
+    if len(runs) <= MAX_PANELS:
+        return [_Panel(f"{prefix(r)}{g.name}, seed {r.seed}", [r.history]) for g, r in runs]
+    panels = []
+    for g in groups:
+        rs = [r for r in g.runs if runs_filter(r)]
+        if rs:
+            panels.append(_Panel(f"{prefix(rs[0])}{g.name} (mean of {len(rs)})", [r.history for r in rs]))
+    return panels
+
+
+def _wrap(title: str) -> str:
+    import textwrap
+
+    return textwrap.fill(title, 42)
+
+
+def _grid(plt, n: int, width: float, height: float):
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(groups: list[Group], path: Path) -> None:
+    """Dev accuracy (%) vs iteration, one line per run; dashed while the run is running."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    runs = [(g, r) for g in groups for r in g.runs]
+    tasks = {r.task for _, r in runs}
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, g in enumerate(groups):
+        for j, r in enumerate(g.runs):
+            xs = [h["iteration"] for h in r.history if h.get("eval/accuracy") is not None]
+            ys = [100 * h["eval/accuracy"] for h in r.history if h.get("eval/accuracy") is not None]
+            label = f"{r.task} · " if len(tasks) > 1 else ""
+            label += f"{g.name}, seed {r.seed}" + (" (running)" if r.status == "running" else "")
+            ax.plot(xs, ys, marker="o", color=colors[i % len(colors)], alpha=0.9,
+                    linestyle="--" if r.status == "running" else "-",
+                    markersize=4 + 2 * (j % 3), markerfacecolor="none" if j % 2 else None, label=label)
+    ax.set(xlabel="iteration", ylabel="dev accuracy (%)", ylim=(-2, 102), title="Dev accuracy by iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_train_data(groups: list[Group], path: Path) -> None:
+    """Training data used (% of training questions) per iteration, direct and rationalized stacked;
+    one panel per run (per group above MAX_PANELS runs)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    panels = _panels(groups)
+    fig, axes = _grid(plt, len(panels), 3.6, 2.8)
+    for panel, ax in zip(panels, axes):
+        its = [i for i in range(1, panel.n_finished)]
+        direct, rat = [], []
+        for i in its:
+            n = panel.mean(i, "data/n_questions")
+            d, r = panel.mean(i, "data/n_direct"), panel.mean(i, "data/n_rationalized")
+            direct.append(100 * d / n if n and d is not None else 0.0)
+            rat.append(100 * r / n if n and r is not None else 0.0)
+        if its:
+            ax.bar(its, direct, width=0.6, color="tab:blue", label="direct")
+            ax.bar(its, rat, width=0.6, bottom=direct, color="tab:orange", label="rationalized")
+        else:
+            ax.text(0.5, 0.5, "no training iteration", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.set_title(_wrap(panel.title), fontsize=7)
+        ax.set(ylim=(0, 100), xlabel="iteration", ylabel="train data (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not its:
+            ax.set_xticks([])
+        ax.grid(axis="y", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange")]
+    fig.legend(handles, ["direct", "rationalized"], loc="upper right", fontsize=8, frameon=False)
+    fig.suptitle("Training data used per iteration", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_per_digit(groups: list[Group], path: Path) -> bool:
+    """Arithmetic: dev accuracy (%) per digit count (rows) x iteration (columns), annotated, one
+    heat map per run (per group above MAX_PANELS runs). False (nothing written) without arithmetic runs."""
+    panels = _panels(groups, lambda r: r.task == "arithmetic" and r.history)
+    if not panels:
+        return False
+    plt = _pyplot()
+    import numpy as np
+
+    width = max(3.2, 0.55 * max(p.n_finished for p in panels) + 1.6)
+    height = max(2.4, 0.45 * max(len(_classes(h)) for p in panels for h in p.histories) + 1.4)
+    fig, axes = _grid(plt, len(panels), width, height)
+    image = None
+    for panel, ax in zip(panels, axes):
+        classes = _classes([row for h in panel.histories for row in h])
+        grid = np.full((len(classes), panel.n_finished), np.nan)
+        for i in range(panel.n_finished):
+            for c_i, c in enumerate(classes):
+                v = panel.mean(i, f"eval/accuracy/{c}")
+                if v is not None:
+                    grid[c_i, i] = 100 * v
+        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=100, cmap="viridis", aspect="auto",
+                          origin="lower")
+        for (c_i, i), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(i, c_i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 60 else "black")
+        ax.set_xticks(range(panel.n_finished))
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set(xlabel="iteration", ylabel="digits")
+        ax.set_title(_wrap(panel.title), fontsize=7)
+    fig.suptitle("Dev accuracy (%) by digit count", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
+    fig.colorbar(image, cax=cax, label="accuracy (%)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------ the command
+
+
+def write_report(paths: list[Path], out: Path | None = None, plots: bool = True) -> dict[str, Path]:
+    """Find and read every run under `paths`, write the tables (and plots) to `out` (default:
+    report/ inside the first path); return {file name: path} of what was written."""
+    if not paths:
+        raise ReportError("give at least one run or sweep directory")
+    runs = [read_run(p) for p in find_runs(paths)]
+    out = Path(out) if out is not None else Path(paths[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    rows = [summarize(g) for g in groups]
+    written = {}
+    if plots:
+        plot_accuracy(groups, out / "accuracy.png")
+        plot_train_data(groups, out / "train_data.png")
+        written["accuracy.png"] = out / "accuracy.png"
+        written["train_data.png"] = out / "train_data.png"
+        if plot_per_digit(groups, out / "per_digit.png"):
+            written["per_digit.png"] = out / "per_digit.png"
+    (out / "report.csv").write_text(_csv(rows, list(rows[0])), encoding="utf-8")
+    (out / "runs.csv").write_text(_csv(run_rows(groups), RUN_COLUMNS), encoding="utf-8")
+    (out / "report.md").write_text(markdown_report(groups, rows, list(written)) + "\n", encoding="utf-8")
+    written["report.csv"] = out / "report.csv"
+    written["runs.csv"] = out / "runs.csv"
+    written["report.md"] = out / "report.md"
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="star-report",
+        description="Tables (Markdown, CSV) and plots from STaR run and sweep directories.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="a sweep directory (every run under it) or a run directory; mix freely")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the report (default: report/ inside the first PATH)")
+    parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(args.paths, args.out, plots=not args.no_plots)
+    except ReportError as e:
+        print(f"star-report: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    report = written["report.md"].read_text(encoding="utf-8")
+    print(report.split("\n## Runs")[0].rstrip())
+    print(f"\n[star-report] wrote {', '.join(sorted(written))} to {written['report.md'].parent}")
+
+
+if __name__ == "__main__":
+    main()

@@ -155,7 +155,7 @@ def test_bad_digits_raise(digits):
 # ----------------------------------------------------------------------------- answers
 
 EXTRACT_CASES = [
-    (" 7+5+0=12, write 2, carry 1.\nThe answer is 132.\n\n", "132"),
+    (" 7+5+0=12\n4+8+1=13\nThe answer is 132.\n\n", "132"),
     ("The answer is 132.", "132"),
     ("The answer is 132", "132"),                       # no period
     ("  The answer is 132 .  \n\n", "132"),              # whitespace around
@@ -168,7 +168,7 @@ EXTRACT_CASES = [
     ("The answer is 7.\nThe answer is 7.", "7"),          # agreeing duplicates
     ("step\nThe answer is 41.\n\nQ: 1 + 1\nA: junk", "41"),
     ("", None),                                          # empty
-    ("7+5+0=12, write 2, carry 1.", None),                # no answer line
+    ("7+5+0=12\n4+8+1=13", None),                         # no answer line
     ("\n\nThe answer is 132.", None),                     # answer only after the stop
     ("The answer is 1,234.", None),                       # commas rejected
     ("The answer is twelve.", None),                      # non-numeric
@@ -207,14 +207,27 @@ def test_is_correct(completion, correct):
 
 def test_scratchpad_exact_format():
     assert scratchpad(ex(47, 85)) == (
-        " 7+5+0=12, write 2, carry 1.\n"
-        "4+8+1=13, write 3, carry 1.\n"
-        "Final carry 1, write 1.\n"
+        " 7+5+0=12\n"
+        "4+8+1=13\n"
         "The answer is 132.\n\n")
-    assert scratchpad(ex(3, 4)) == " 3+4+0=7, write 7, carry 0.\nThe answer is 7.\n\n"
+    assert scratchpad(ex(3, 4)) == " 3+4+0=7\nThe answer is 7.\n\n"
+    assert scratchpad(ex(8, 6)) == " 8+6+0=14\nThe answer is 14.\n\n"
+    assert scratchpad(ex(508, 293)) == " 8+3+0=11\n0+9+1=10\n5+2+1=8\nThe answer is 801.\n\n"
     # Unequal lengths are padded with 0 (not generated, but the checker supports them).
-    assert scratchpad_for(5, 98) == (" 5+8+0=13, write 3, carry 1.\n0+9+1=10, write 0, carry 1.\n"
-                                     "Final carry 1, write 1.\nThe answer is 103.\n\n")
+    assert scratchpad_for(5, 98) == " 5+8+0=13\n0+9+1=10\nThe answer is 103.\n\n"
+    assert scratchpad_for(999, 1) == " 9+1+0=10\n9+0+1=10\n9+0+1=10\nThe answer is 1000.\n\n"
+
+
+@pytest.mark.parametrize("a,b", [(9, 9), (99, 99), (999, 999), (99999, 99999), (12345, 0)])
+def test_scratchpad_is_terse(a, b):
+    # One short line per column, then the answer line, nothing else (no final-carry line):
+    # the SmolLM2 tokenizer gives one token per digit and operator, so the format's
+    # generation and training cost is about 8 tokens per column plus the answer line.
+    s = scratchpad_for(a, b)
+    body = s.strip().split("\n")
+    n_columns = len(str(max(a, b)))
+    assert len(body) == n_columns + 1 and body[-1] == f"The answer is {a + b}."
+    assert all(len(line) <= 8 for line in body[:-1])
 
 
 def test_scratchpad_always_faithful_and_correct():
@@ -241,39 +254,38 @@ def test_faithful_without_meta_parses_question():
 
 def test_faithful_tolerates_spacing_and_missing_stop():
     e = ex(47, 85)
-    spaced = (" 7 + 5 + 0 = 12, write 2, carry 1\n  4+8+1=13, write 3, carry 1.\n"
-              "Final carry 1, write 1\nThe answer is 132")
+    spaced = " 7 + 5 + 0 = 12\n  4+8+1=13.\nThe answer is 132"
     assert make().is_faithful(e, spaced)
     assert make().is_faithful(e, scratchpad(e) + "Q: 1 + 1\nA: whatever")  # after the stop
 
 
 GOOD = scratchpad_for(47, 85)
-#  " 7+5+0=12, write 2, carry 1.\n4+8+1=13, write 3, carry 1.\nFinal carry 1, write 1.\nThe answer is 132.\n\n"
+#  " 7+5+0=12\n4+8+1=13\nThe answer is 132.\n\n"
 
 # (name, completion, expected error fragment, is_correct)
 CORRUPTED = [
     ("wrong sum", GOOD.replace("7+5+0=12", "7+5+0=11"), "sum 11", True),
-    ("wrong carry out", GOOD.replace("write 2, carry 1", "write 2, carry 0"), "carry out 0", True),
-    ("wrong carry in", GOOD.replace("4+8+1=13", "4+8+0=12").replace("write 3", "write 2"),
-     "carry in 0", True),
-    ("wrong written digit", GOOD.replace("write 3", "write 4"), "wrote 4", True),
+    ("wrong sum last column", GOOD.replace("4+8+1=13", "4+8+1=12"), "sum 12", True),
+    ("sum one digit short", GOOD.replace("7+5+0=12", "7+5+0=2"), "sum 2", True),
+    ("wrong carry in", GOOD.replace("4+8+1=13", "4+8+0=12"), "carry in 0", True),
+    ("carry in where none", scratchpad_for(23, 51).replace("2+5+0=7", "2+5+1=8"), "carry in 1", True),
     ("wrong operand digit", GOOD.replace("4+8+1=13", "3+9+1=13"), "digits 3,9", True),
-    ("columns swapped order", " 4+8+0=12, write 2, carry 1.\n7+5+1=13, write 3, carry 1.\n"
-     "Final carry 1, write 1.\nThe answer is 132.\n\n", "digits 4,8", True),
-    ("missing step", " 7+5+0=12, write 2, carry 1.\nFinal carry 1, write 1.\nThe answer is 132.\n\n",
-     "not a column step", True),
-    ("missing final carry", GOOD.replace("Final carry 1, write 1.\n", ""), "not the final carry", True),
-    ("bad final carry", GOOD.replace("Final carry 1, write 1.", "Final carry 1, write 2."),
-     "final carry", True),
+    ("operands swapped", GOOD.replace("7+5+0=12", "5+7+0=12"), "digits 5,7", True),
+    ("columns swapped order", " 4+8+0=12\n7+5+1=13\nThe answer is 132.\n\n", "digits 4,8", True),
+    ("carry not written as a term", GOOD.replace("4+8+1=13", "4+8=13"), "not a column step", True),
+    ("missing step", " 7+5+0=12\nThe answer is 132.\n\n", "not a column step", True),
     ("missing answer line", GOOD.replace("The answer is 132.\n", ""), "missing answer line", False),
     ("wrong final answer", GOOD.replace("132", "133"), "answer 133 is not the written", False),
-    ("extra step after answer", GOOD.replace("132.\n\n", "132.\n1+1+0=2, write 2, carry 0.\n\n"),
-     "extra text", True),
-    ("extra final carry when none", scratchpad_for(23, 51).replace(
-        "The answer", "Final carry 0, write 0.\nThe answer"), "not the answer line", True),
+    ("final carry dropped", GOOD.replace("132", "32"), "answer 32 is not the written", False),
+    ("digits reversed", GOOD.replace("132", "231"), "answer 231 is not the written", False),
+    ("extra step after answer", GOOD.replace("132.\n\n", "132.\n1+1+0=2\n\n"), "extra text", True),
+    ("extra column", GOOD.replace("The answer", "0+0+1=1\nThe answer"), "not the answer line", True),
+    ("old verbose format", " 7+5+0=12, write 2, carry 1.\n4+8+1=13, write 3, carry 1.\n"
+     "Final carry 1, write 1.\nThe answer is 132.\n\n", "not a column step", True),
     ("garbage line", GOOD.replace("4+8+1=13", "four plus eight"), "not a column step", True),
+    ("two-digit operand", GOOD.replace("4+8+1=13", "4+18+1=23"), "not a column step", True),
     ("empty", "", "not a column step", False),
-    ("cut mid-line", GOOD[:20], "not a column step", False),
+    ("cut mid-line", GOOD[:6], "not a column step", False),
     ("cut after a step", GOOD.split("\n")[0], "missing step for column 2", False),
     ("answer only", "The answer is 132.\n\n", "not a column step", True),
 ]
@@ -281,7 +293,7 @@ CORRUPTED = [
 
 @pytest.mark.parametrize("name,completion,error,correct", CORRUPTED, ids=[c[0] for c in CORRUPTED])
 def test_corrupted_scratchpads_not_faithful(name, completion, error, correct):
-    a, b = (23, 51) if name == "extra final carry when none" else (47, 85)
+    a, b = (23, 51) if name == "carry in where none" else (47, 85)
     e = ex(a, b)
     task = make()
     assert completion != scratchpad(e)
@@ -293,8 +305,9 @@ def test_corrupted_scratchpads_not_faithful(name, completion, error, correct):
 
 def test_right_answer_wrong_step_is_correct_but_not_faithful():
     e = ex(508, 293)
-    bad = scratchpad(e).replace("0+9+1=10, write 0, carry 1", "0+9+1=10, write 0, carry 0")
-    bad = bad.replace("5+2+1=8", "5+2+0=8")  # later step consistent with the wrong carry: 7
+    # Two compensating errors: a carry dropped into the hundreds, a sum one too big there.
+    bad = scratchpad(e).replace("5+2+1=8", "5+2+0=8")
+    assert bad != scratchpad(e)
     task = make()
     assert task.is_correct(e, bad) and not task.is_faithful(e, bad)
 
@@ -318,7 +331,7 @@ def test_fewshot_file_exemplars_all_faithful():
     exemplars = parse_exemplars(text)
     assert len(exemplars) == 8
     task = make()
-    seen_digits, final_carry = set(), 0
+    seen_digits, final_carry, carries = set(), 0, 0
     for q, completion in exemplars:
         a, b = (int(x) for x in q.split(" + "))
         e = ex(a, b)
@@ -326,10 +339,11 @@ def test_fewshot_file_exemplars_all_faithful():
         assert task.is_correct(e, completion), q
         assert int(extract_answer(completion)) == a + b  # independent of the checker
         seen_digits.add(len(str(a)))
-        final_carry += "Final carry" in completion
+        final_carry += len(extract_answer(completion)) > max(len(str(a)), len(str(b)))
+        carries += "+1=" in completion
     assert seen_digits == {1, 2, 3, 4, 5}
-    assert final_carry >= 1
-    assert sum("carry 1." in c for _, c in exemplars) >= 3  # several with carries
+    assert final_carry >= 2  # several answers longer than their operands
+    assert carries >= 3  # several with a carry into a column
 
 
 def test_fewshot_prompt_is_well_formed_prefix():
@@ -350,7 +364,7 @@ def test_fewshot_empty_or_wrong_file_raises(tmp_path):
     with pytest.raises(ValueError, match="no exemplars"):
         make(prompt_path=empty).fewshot_prompt()
     wrong = tmp_path / "wrong.txt"
-    wrong.write_text("Q: 2 + 2\nA: 2+2+0=5, write 5, carry 0.\nThe answer is 5.\n\n")
+    wrong.write_text("Q: 2 + 2\nA: 2+2+0=5\nThe answer is 5.\n\n")
     with pytest.raises(ValueError, match="wrong"):
         make(prompt_path=wrong).fewshot_prompt()
     malformed = tmp_path / "malformed.txt"

@@ -25,14 +25,15 @@ def required_for(group: str, option: str) -> list[str]:
     """What an option needs besides itself to validate offline (a model path, local data)."""
     if group == "model" and option == "hf":
         return ["model.name_or_path=some-org/some-model"]  # a hub id: checked only when loaded
-    if group == "task" and (REPO / "tests" / "data" / option).is_dir():
-        return [f"task.data_files.{split}={REPO}/tests/data/{option}/{split}.jsonl" for split in ("train", "dev")]
+    task = option if group == "task" else option.split("_")[0] if group == "experiment" else None
+    if task and (REPO / "tests" / "data" / task).is_dir():
+        return [f"task.data_files.{split}={REPO}/tests/data/{task}/{split}.jsonl" for split in ("train", "dev")]
     return []
 
 
 def test_groups_present():
     for group in ("task", "model", "method", "rationalization", "sampling", "schedule", "trainer",
-                  "generator", "logger", "debug"):
+                  "generator", "logger", "debug", "experiment"):
         assert group in GROUPS, f"config group {group} missing"
 
 
@@ -45,6 +46,13 @@ def test_every_option_composes_and_validates(group, option):
 @pytest.mark.parametrize("group,option", [(g, o) for g, o in group_options() if g != "debug"])
 def test_every_option_composes_with_debug_fast(group, option):
     validate(compose_config([f"{group}={option}", "debug=fast", *required_for(group, option)]))
+
+
+def test_experiment_names_follow_task_model_variant():
+    for f in (Path(CONF_DIR) / "experiment").glob("*.yaml"):
+        task, model, *variant = f.stem.split("_")
+        assert task in ("arithmetic", "cqa", "gsm8k") and model and variant, f.name
+        assert f.read_text().startswith("# @package _global_\n# "), f"{f.name}: package line, then a comment"
 
 
 def test_each_option_sets_its_group():

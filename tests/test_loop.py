@@ -250,8 +250,8 @@ class RightForWrongReasons(ScriptedGenerator):
         for q in questions:
             a, b, _ = QUESTION.match(q).groups()
             pad = scratchpad_for(int(a), int(b))
-            if int(a) % 2:
-                pad = re.sub(r"write (\d)", lambda m: f"write {(int(m.group(1)) + 1) % 10}", pad, count=1)
+            if int(a) % 2:  # the first column's sum off by one; the answer line stays right
+                pad = re.sub(r"=(\d+)", lambda m: f"={int(m.group(1)) + 1}", pad, count=1)
             out.append(pad)
         return out
 
@@ -278,3 +278,41 @@ def test_rationalization_prompt_shows_hinted_exemplars(tmp_path, hinted):
     for n in (1, 2):
         expected = hinted_prefix if hinted else prefixes[f"iter {n} generate"]
         assert prefixes[f"iter {n} rationalize"] == expected
+
+
+def test_fewshot_direct_asks_with_the_answers_only_prompt(tmp_path):
+    loop, log = make_loop(tmp_path, ["method=fewshot_direct"])
+    history = loop.run()
+    assert len(history) == 1  # iteration 0 only
+    assert log[0]["prefix"] == loop.task.fewshot_prompt(direct=True)
+    assert "The answer is 132." in log[0]["prefix"] and "carry" not in log[0]["prefix"]
+
+
+def test_direct_finetune_trains_on_every_gold_answer(tmp_path):
+    seen = []
+
+    def watching_finetune(model, tok, rows, **kwargs):
+        seen.append(rows)
+        return finetune(model, tok, rows, **kwargs)
+
+    loop, log = make_loop(tmp_path, ["method=direct_finetune"], finetune_fn=watching_finetune)
+    history = loop.run()
+    assert len(history) == 2
+    train = A.read_jsonl(A.iter_dir(loop.run_dir, 1) / "train.jsonl")
+    questions = loop.task.load("train")
+    assert [r["id"] for r in train] == [ex.id for ex in questions]
+    assert all(r["source"] == "gold" and r["completion"] == loop.task.direct_completion(ex)
+               for r, ex in zip(train, questions))
+    assert seen == [train]
+    assert history[1]["data/train_fraction"] == 1.0
+    assert [c["desc"] for c in log] == ["iter 0 eval", "iter 1 eval"]  # no generation, no rationalization
+    assert log[0]["prefix"] == loop.task.fewshot_prompt(direct=True) and log[1]["prefix"] == ""
+
+
+def test_gold_rationales_need_a_task_that_has_them():
+    from star.config import ConfigError, validate
+
+    data = [f"task.data_files.{s}=tests/data/cqa/{s}.jsonl" for s in ("train", "dev")]
+    cfg = compose_config(["task=cqa", *data, "method=direct_finetune", "method.direct=false"])
+    with pytest.raises(ConfigError, match="method.direct=true"):
+        validate(cfg)

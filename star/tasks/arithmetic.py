@@ -1,23 +1,28 @@
 """n-digit addition with a scratchpad: the STaR arithmetic task (paper: 1-5 digits).
 
 Problems are generated in-process and deterministically from the seed (no files, no
-network). The model writes a scratchpad that adds column by column, right to left,
-one line per column, carrying as it goes; then the final carry, if any; then the
-answer line; then a blank line (the stop string):
+network). The model writes a terse scratchpad that adds column by column, right to
+left, one line per column, carrying as it goes; then the answer line; then a blank
+line (the stop string):
 
     Q: 47 + 85
-    A: 7+5+0=12, write 2, carry 1.
-    4+8+1=13, write 3, carry 1.
-    Final carry 1, write 1.
+    A: 7+5+0=12
+    4+8+1=13
     The answer is 132.
     <blank line>
 
-Each column line is "<digit of a>+<digit of b>+<carry in>=<sum>, write <sum % 10>,
-carry <sum // 10>." The operators have no spaces around them because the SmolLM2
-tokenizer splits every digit and every space into its own token, so " + " costs two
-tokens more than "+" per operator; the format is short and exactly regular so a small
-model can follow it. A 5-digit problem costs about 115 completion tokens, so the
-arithmetic task needs max_new_tokens >= 128.
+Each column line is "<digit of a>+<digit of b>+<carry in>=<sum>": the carry in is always
+written (0 or 1), so every line has the same shape. What a line "writes" is implicit:
+the last digit of its sum is the answer's digit for that column and the tens digit is
+the carry into the next line; the last line's sum is written whole (its tens digit is
+the final carry), so the answer reads as the last sum followed by the other lines' last
+digits, bottom to top. The operators have no spaces around them because the SmolLM2
+tokenizer splits every digit and every space into its own token. Why this format (and
+not the earlier "7+5+0=12, write 2, carry 1." with a "Final carry" line): a 135M model
+follows it few-shot about as badly on 2-3 digits but it costs half the tokens (a
+3-digit problem is about 38 completion tokens with the stop, a 5-digit one about 52),
+which halves generation and training time; see benchmarks/default_search.md, round 2.
+The arithmetic task needs max_new_tokens >= 8 * digits + 14.
 
 Use it through the registry (`build_task(cfg.task, seed)`) or directly:
 
@@ -36,8 +41,8 @@ Decisions worth knowing:
 - Several answer lines that agree count as one answer; disagreeing ones, or any line
   that starts "The answer is" but does not hold a plain integer, give None.
 - is_faithful is stricter than is_correct: every line must be the right step, in order,
-  with nothing extra; a right answer reached through a wrong step is correct but not
-  faithful.
+  with nothing extra, and the answer must be the digits the steps wrote; a right answer
+  reached through a wrong step is correct but not faithful.
 - Problems are ordered pairs: 47 + 85 and 85 + 47 are different problems.
 """
 
@@ -60,12 +65,9 @@ STOP = "\n\n"
 # Larger pools (3+ digits: >= 810,000 pairs) are rejection-sampled.
 _ENUMERATE_LIMIT = 10_000
 
-# Column step, e.g. "7+5+0=12, write 2, carry 1." Spaces are tolerated around every
-# token so "7 + 5 + 0 = 12" parses too; the period is optional.
-_STEP_RE = re.compile(
-    r"(\d)\s*\+\s*(\d)\s*\+\s*(\d)\s*=\s*(\d+)\s*,\s*write\s+(\d)\s*,\s*carry\s+(\d)\s*\.?"
-)
-_FINAL_CARRY_RE = re.compile(r"Final carry\s+(\d)\s*,\s*write\s+(\d)\s*\.?")
+# Column step, e.g. "7+5+0=12" (a+b+carry in=sum). Spaces are tolerated around every
+# token so "7 + 5 + 0 = 12" parses too; a trailing period is tolerated.
+_STEP_RE = re.compile(r"(\d)\s*\+\s*(\d)\s*\+\s*(\d)\s*=\s*(\d+)\s*\.?")
 _ANSWER_PREFIX_RE = re.compile(r"the answer is\b", re.IGNORECASE)
 _ANSWER_RE = re.compile(r"the answer is\s+(-?\d+)\s*\.?", re.IGNORECASE)
 _QUESTION_RE = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*")
@@ -75,15 +77,13 @@ _EXEMPLAR_RE = re.compile(r"Q: (.+)\nA:(.*)", re.DOTALL)
 # ----------------------------------------------------------------------------- format
 
 def scratchpad_for(a: int, b: int) -> str:
-    """The gold completion for a + b: column lines, final carry, answer line, stop."""
+    """The gold completion for a + b: one "a+b+c=s" line per column, answer line, stop."""
     lines = []
     carry = 0
     for da, db in _columns(a, b):
         s = da + db + carry
-        lines.append(f"{da}+{db}+{carry}={s}, write {s % 10}, carry {s // 10}.")
+        lines.append(f"{da}+{db}+{carry}={s}")
         carry = s // 10
-    if carry:
-        lines.append(f"Final carry {carry}, write {carry}.")
     lines.append(f"The answer is {a + b}.")
     # Leading space: the completion follows "A:" directly.
     return " " + "\n".join(lines) + STOP
@@ -141,39 +141,26 @@ def faithfulness_error(a: int, b: int, completion: str) -> str | None:
     step is right (and so is the answer). Only text before the first stop is read."""
     lines = [line.strip() for line in _before_stop(completion).strip().split("\n")]
     columns = _columns(a, b)
-    i = 0  # index into lines
     carry = 0
     written: list[int] = []
     for k, (da, db) in enumerate(columns):
-        if i >= len(lines):
+        if k >= len(lines):
             return f"missing step for column {k + 1}"
-        m = _STEP_RE.fullmatch(lines[i])
+        m = _STEP_RE.fullmatch(lines[k])
         if not m:
-            return f"line {i + 1} is not a column step: {lines[i]!r}"
-        ga, gb, gcin, gs, gw, gcout = (int(g) for g in m.groups())
+            return f"line {k + 1} is not a column step: {lines[k]!r}"
+        ga, gb, gcin, gs = (int(g) for g in m.groups())
         if (ga, gb) != (da, db):
-            return f"line {i + 1}: digits {ga},{gb}, expected {da},{db}"
+            return f"line {k + 1}: digits {ga},{gb}, expected {da},{db}"
         if gcin != carry:
-            return f"line {i + 1}: carry in {gcin}, expected {carry}"
+            return f"line {k + 1}: carry in {gcin}, expected {carry}"
         if gs != ga + gb + gcin:
-            return f"line {i + 1}: sum {gs}, expected {ga + gb + gcin}"
-        if gw != gs % 10:
-            return f"line {i + 1}: wrote {gw}, expected {gs % 10}"
-        if gcout != gs // 10:
-            return f"line {i + 1}: carry out {gcout}, expected {gs // 10}"
-        written.append(gw)
-        carry = gcout
-        i += 1
+            return f"line {k + 1}: sum {gs}, expected {ga + gb + gcin}"
+        written.append(gs % 10)
+        carry = gs // 10
     if carry:
-        if i >= len(lines):
-            return "missing final carry line"
-        m = _FINAL_CARRY_RE.fullmatch(lines[i])
-        if not m:
-            return f"line {i + 1} is not the final carry line: {lines[i]!r}"
-        if (int(m.group(1)), int(m.group(2))) != (carry, carry):
-            return f"line {i + 1}: final carry {m.group(1)}, write {m.group(2)}, expected {carry}"
-        written.append(carry)
-        i += 1
+        written.append(carry)  # the last sum's tens digit: the final carry
+    i = len(columns)
     if i >= len(lines):
         return "missing answer line"
     m = _ANSWER_RE.fullmatch(lines[i])
@@ -275,7 +262,7 @@ class ArithmeticTask:
         self.prompt_path = Path(prompt_path) if prompt_path is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: _Splits | None = None
-        self._fewshot: dict[bool, str] = {}
+        self._fewshot: dict[tuple[bool, bool], str] = {}
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "ArithmeticTask":
@@ -318,10 +305,12 @@ class ArithmeticTask:
 
     # --- prompts
 
-    def fewshot_prompt(self, hint: bool = False) -> str:
+    def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
         """The exemplars; with hint=True each exemplar's question also shows its answer as a
-        hint, as the rationalization prompt does (so the model sees how a hint is used)."""
-        if hint not in self._fewshot:
+        hint, as the rationalization prompt does (so the model sees how a hint is used);
+        with direct=True each completion is the answer line alone (few-shot direct)."""
+        key = (direct, hint)
+        if key not in self._fewshot:
             if self.prompt_path is not None:
                 text = self.prompt_path.read_text(encoding="utf-8")
             else:
@@ -335,10 +324,12 @@ class ArithmeticTask:
                     raise ValueError(f"few-shot exemplar 'Q: {q}' is wrong: {err}")
             # Canonical join: exemplars separated by (and ending with) exactly the stop
             # string, so prefix + format_question(ex) reads as the next exemplar.
-            self._fewshot[hint] = "".join(
-                self.format_question(Example(id="fewshot", question=q, answer=extract_answer(c) or ""), hint=hint) + c
-                for q, c in exemplars)
-        return self._fewshot[hint]
+            parts = []
+            for q, c in exemplars:
+                ex = Example(id="fewshot", question=q, answer=extract_answer(c) or "")
+                parts.append(self.format_question(ex, hint=hint) + (self.direct_completion(ex) if direct else c))
+            self._fewshot[key] = "".join(parts)
+        return self._fewshot[key]
 
     def hint_text(self, example: Example) -> str:
         return f" (hint: the answer is {example.answer})"
@@ -354,6 +345,10 @@ class ArithmeticTask:
 
     def gold_rationale(self, example: Example) -> str:
         return scratchpad(example)
+
+    def direct_completion(self, example: Example) -> str:
+        """The gold answer line alone (answers-only prompt and direct fine-tuning)."""
+        return f" The answer is {example.answer}.{STOP}"
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_answer(completion)

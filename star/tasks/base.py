@@ -46,9 +46,10 @@ class Task(Protocol):
     def load(self, split: str) -> list[Example]:
         """Examples of `split` ("train" or "dev"), in a fixed order."""
 
-    def fewshot_prompt(self, hint: bool = False) -> str:
+    def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
         """The few-shot prefix (hand-written exemplars), ending right before a question.
-        hint=True: the same exemplars with their answers shown as hints, formatted as
+        direct=True: the answers-only variant (each exemplar's completion is its answer line).
+        hint=True: the exemplars with their answers shown as hints, formatted as
         format_question(ex, hint=True) formats them (the rationalization prompt)."""
 
     def format_question(self, example: Example, hint: bool = False) -> str:
@@ -65,6 +66,9 @@ class Task(Protocol):
 
     def class_of(self, example: Example) -> str:
         """The per-class accuracy key (e.g. the digit count for arithmetic)."""
+
+    def direct_completion(self, example: Example) -> str:
+        """The gold answer as an answers-only completion (few-shot direct, direct fine-tuning)."""
 
     def gold_rationale(self, example: Example) -> str | None:
         """A correct completion written by the task itself, or None where it has none.

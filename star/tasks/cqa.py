@@ -359,5 +359,10 @@ class CqaTask:
     def gold_rationale(self, example: Example) -> None:
         return None
 
+    def direct_completion(self, example: Example) -> str:
+        """The gold choice alone, as the answers-only prompt writes it."""
+        text = example.meta["texts"][example.meta["labels"].index(example.answer)]
+        return f" The answer is {text} ({example.answer}).{STOP}"
+
     def is_faithful(self, example: Example, completion: str) -> None:
         return None

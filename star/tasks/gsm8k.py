@@ -388,5 +388,9 @@ class Gsm8kTask:
     def gold_rationale(self, example: Example) -> str:
         return gold_rationale_for(example.meta["solution"])
 
+    def direct_completion(self, example: Example) -> str:
+        """The gold answer alone, as the answers-only prompt writes it."""
+        return f" The answer is {example.answer}.{STOP}"
+
     def is_faithful(self, example: Example, completion: str) -> None:
         return None

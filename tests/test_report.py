@@ -1,0 +1,386 @@
+"""`star-report`: run discovery, the summary table against the metrics files it reads, grouping over
+seeds, runs still running, the paper's numbers, plots, and user errors. Fast tests build run
+directories by hand; the slow ones report on real runs of the tiny model made by the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from star import report as R
+from tests.conftest import REPO, run_star
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ synthetic run directories
+
+
+def make_run(root: Path, name: str, *, task="arithmetic", method="star", rationalization=True, seed=0,
+             n_iterations=2, accs=(0.1, 0.3, 0.5), temperature=0.0, n_questions=20, extra_cfg=None,
+             partial_next=False) -> Path:
+    """A run directory as the loop writes it: .hydra/config.yaml and iter_NN/metrics.json for each
+    value in `accs` (the finished iterations); partial_next adds the next iteration's first files only."""
+    run = root / name
+    cfg = {"seed": seed, "n_iterations": n_iterations, "plateau_patience": None, "plateau_min_delta": 0.0,
+           "print_table": True,
+           "task": {"name": task, "digits": [1, 2], "train_size": n_questions},
+           "model": {"name": "tiny", "name_or_path": None, "hidden_size": 64},
+           "method": {"name": method, "train": not method.startswith("fewshot")},
+           "rationalization": {"enabled": rationalization, "p_rationalization": 1.0},
+           "sampling": {"temperature": temperature, "top_p": 1.0},
+           "schedule": {"mode": "exponential", "base_steps": 2},
+           "logger": {"wandb": False, "csv": False, "name": f"job-{name}"}}
+    for key, value in (extra_cfg or {}).items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for i, acc in enumerate(accs):
+        m = {"iteration": i, "eval/accuracy": acc, "eval/accuracy/1": min(1.0, acc + 0.2),
+             "eval/accuracy/2": max(0.0, acc - 0.2), "time/eval_s": 0.5}
+        if i > 0:
+            n_direct = (3 * i + seed) % n_questions
+            n_rat = (i + 2 * seed + 1) % (n_questions - n_direct) if rationalization else 0
+            m.update({"gen/solve_rate": n_direct / n_questions, "gen/rationalized_rate": n_rat / n_questions,
+                      "data/n_direct": n_direct, "data/n_rationalized": n_rat, "data/n_questions": n_questions,
+                      "data/n_examples": n_direct + n_rat, "data/train_fraction": (n_direct + n_rat) / n_questions,
+                      "train/steps": 2, "time/generate_s": 1.0, "time/rationalize_s": 0.1, "time/train_s": 2.0})
+        d = run / f"iter_{i:02d}"
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text("{}")
+        (d / "metrics.json").write_text(json.dumps(m))
+    if partial_next:
+        d = run / f"iter_{len(accs):02d}"
+        d.mkdir(parents=True)
+        (d / "generations.jsonl").write_text('{"id": "q0"}\n')
+        (d / "generate.done").write_text("{}")
+    return run
+
+
+def metrics_of(run: Path) -> list[dict]:
+    """The metrics files, read independently of star.report."""
+    out = []
+    for d in sorted(run.glob("iter_*")):
+        if (d / "metrics.json").exists():
+            out.append(json.loads((d / "metrics.json").read_text()))
+    return out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summary_rows(report_md: str) -> list[dict]:
+    """The cells of the summary table in report.md (the first Markdown table)."""
+    lines = [l for l in report_md.split("\n## Runs")[0].splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in l.strip("|").split("|")))) for l in lines[2:]]
+
+
+def run_section_rows(report_md: str, run: Path) -> list[list[str]]:
+    """The body rows of a run's iteration table in report.md."""
+    section = report_md.split(f"`{run.resolve()}`", 1)[1].split("\n### ", 1)[0]
+    lines = [l for l in section.splitlines() if l.startswith("|")]
+    return [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+
+
+def report(paths, out: Path) -> tuple[str, list[dict], list[dict]]:
+    """The tables only (plots have tests of their own)."""
+    R.write_report([Path(p) for p in paths], out, plots=False)
+    return (out / "report.md").read_text(), read_csv(out / "report.csv"), read_csv(out / "runs.csv")
+
+
+# ------------------------------------------------------------------ fast: labels and discovery
+
+
+@pytest.mark.parametrize("name,rationalization,label", [
+    ("fewshot_direct", None, "few-shot direct"),
+    ("fewshot_cot", True, "few-shot CoT"),
+    ("direct_finetune", False, "direct fine-tune"),
+    ("star", False, "STaR without rationalization"),
+    ("star", True, "STaR with rationalization"),
+    ("my_method", True, "my_method"),
+])
+def test_method_labels(name, rationalization, label):
+    assert R.method_label(name, rationalization) == label
+
+
+def test_find_runs_in_sweeps_and_run_dirs(tmp_path):
+    sweep = tmp_path / "sweep"
+    a = make_run(sweep, "0_seed=0")
+    b = make_run(sweep / "nested" / "deeper", "1_seed=1", seed=1)
+    make_run(sweep / "report", "not_a_run")          # our own output folder: skipped
+    (sweep / "half" / ".hydra").mkdir(parents=True)  # no iter_00 yet: not a run
+    (sweep / "half" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (sweep / "multirun.yaml").write_text("{}\n")
+    alone = make_run(tmp_path / "elsewhere", "run", seed=5)
+    found = R.find_runs([sweep, alone, a])  # `a` again: reported once
+    assert found == [a.resolve(), b.resolve(), alone.resolve()]
+    assert R.find_runs([a]) == [a.resolve()]
+
+
+def test_no_run_is_an_error_naming_the_path(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    for path in (empty, tmp_path / "missing"):
+        with pytest.raises(SystemExit) as exc:
+            R.main([str(path)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and err.startswith("star-report: error:") and "Traceback" not in err
+    # A good path beside a bad one is still an error: nothing is silently left out.
+    run = make_run(tmp_path, "run")
+    with pytest.raises(SystemExit) as exc:
+        R.main([str(run), str(empty)])
+    assert exc.value.code == 2 and str(empty) in capsys.readouterr().err
+
+
+def test_console_script_exit_code_and_message(tmp_path):
+    exe = shutil.which("star-report")
+    assert exe, "star-report is not installed: pip install -e ."
+    proc = subprocess.run([exe, str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert f"no run directory in {tmp_path}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ fast: the tables
+
+
+def test_table_values_equal_the_metrics_files(tmp_path):
+    # The last iteration is not the best: the table reports the last.
+    run = make_run(tmp_path / "sweep", "run", accs=(0.125, 0.625, 0.25), seed=3)
+    md, summary, runs = report([tmp_path / "sweep"], tmp_path / "out")
+    last = metrics_of(run)[-1]
+    assert last["iteration"] == 2
+    (row,) = runs
+    assert float(row["dev_acc"]) == 100 * last["eval/accuracy"]
+    assert float(row["train_pct"]) == 100 * last["data/train_fraction"]
+    assert float(row["direct_pct"]) == pytest.approx(100 * last["data/n_direct"] / last["data/n_questions"])
+    assert float(row["rationalized_pct"]) == pytest.approx(100 * last["data/n_rationalized"] / last["data/n_questions"])
+    assert (row["status"], row["last_iteration"], row["n_iterations"], row["seed"]) == ("done", "2", "2", "3")
+    assert (row["task"], row["method"], row["model"]) == ("arithmetic", "STaR with rationalization", "tiny")
+    (s,) = summary
+    assert float(s["dev_acc_mean"]) == 100 * last["eval/accuracy"] and s["dev_acc_std"] == "" and s["n"] == "1"
+    (cells,) = summary_rows(md)
+    assert cells["dev acc %"] == f"{100 * last['eval/accuracy']:.1f}"
+    assert cells["train data %"] == f"{100 * last['data/train_fraction']:.1f}"
+    assert cells["direct %"] == f"{100 * last['data/n_direct'] / last['data/n_questions']:.1f}"
+    assert cells["rationalized %"] == f"{100 * last['data/n_rationalized'] / last['data/n_questions']:.1f}"
+    assert (cells["iterations"], cells["status"], cells["seeds"]) == ("2/2", "done", "3")
+    assert cells["paper (GPT-J)"] == "89.5"
+    assert "**last** finished iteration" in md  # the header says which iteration the table uses
+    # The run's own iteration table: one row per metrics file, the same numbers.
+    rows = run_section_rows(md, run)
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    for r, m in zip(rows, metrics_of(run)):
+        assert r[4] == f"{100 * m['eval/accuracy']:.1f}"
+        assert r[5] == f"{100 * m['eval/accuracy/1']:.1f}" and r[6] == f"{100 * m['eval/accuracy/2']:.1f}"
+
+
+def test_running_run_shows_finished_iterations_only(tmp_path):
+    run = make_run(tmp_path, "run", n_iterations=3, accs=(0.1, 0.4), partial_next=True)
+    done = make_run(tmp_path, "done", seed=1, n_iterations=3, accs=(0.1, 0.2, 0.3, 0.35))
+    md, summary, runs = report([run, done], tmp_path / "out")
+    by_path = {r["path"]: r for r in runs}
+    r = by_path[str(run.resolve())]
+    assert (r["status"], r["last_iteration"], r["n_iterations"]) == ("running", "1", "3")
+    assert float(r["dev_acc"]) == 100 * metrics_of(run)[-1]["eval/accuracy"] == 40.0
+    assert by_path[str(done.resolve())]["status"] == "done"
+    (cells,) = summary_rows(md)  # same config but the seed: one group, running while any run is
+    assert (cells["status"], cells["iterations"], cells["n"]) == ("running", "1-3/3", "2")
+    assert [row[0] for row in run_section_rows(md, run)] == ["0", "1"]
+    assert "seed 0 (running)" in md and "seed 1 (done)" in md
+
+
+def test_run_stopped_on_a_plateau_is_done(tmp_path):
+    run = make_run(tmp_path, "run", n_iterations=5, accs=(0.5, 0.5, 0.5), extra_cfg={"plateau_patience": 2})
+    _, _, (row,) = report([run], tmp_path / "out")
+    assert row["status"] == "done"
+    assert R.plateaued([0.5, 0.5, 0.5], 2) and not R.plateaued([0.1, 0.2, 0.3], 2) and not R.plateaued([0.5], None)
+
+
+def test_grouping_over_seeds_mean_and_std(tmp_path):
+    sweep = tmp_path / "sweep"
+    lasts = {0: 0.2, 1: 0.35, 2: 0.65}
+    runs = [make_run(sweep, f"s{seed}", seed=seed, accs=(0.0, last / 2, last)) for seed, last in lasts.items()]
+    hot = make_run(sweep, "hot", seed=0, temperature=0.7, accs=(0.0, 0.1, 0.15))
+    off = make_run(sweep, "off", seed=0, rationalization=False, accs=(0.0, 0.05, 0.1))
+    md, summary, run_rows = report([sweep], tmp_path / "out")
+    assert len(summary) == 3 and len(run_rows) == 5
+    group = next(s for s in summary if s["method"] == "STaR with rationalization" and s["settings"] == "sampling.temperature=0.0")
+    accs = [100 * metrics_of(r)[-1]["eval/accuracy"] for r in runs]
+    train = [100 * metrics_of(r)[-1]["data/train_fraction"] for r in runs]
+    assert group["n"] == "3" and group["seeds"] == "0,1,2"
+    assert float(group["dev_acc_mean"]) == pytest.approx(statistics.mean(accs))
+    assert float(group["dev_acc_std"]) == pytest.approx(statistics.stdev(accs))
+    assert float(group["train_pct_mean"]) == pytest.approx(statistics.mean(train))
+    assert float(group["train_pct_std"]) == pytest.approx(statistics.stdev(train))
+    hot_row = next(s for s in summary if s["settings"] == "sampling.temperature=0.7")
+    assert hot_row["n"] == "1" and float(hot_row["dev_acc_mean"]) == 100 * metrics_of(hot)[-1]["eval/accuracy"]
+    off_row = next(s for s in summary if s["method"] == "STaR without rationalization")
+    assert off_row["settings"] == ""  # alone in its (task, method, model) cell
+    assert float(off_row["rationalized_pct_mean"]) == 0.0
+    cells = next(c for c in summary_rows(md) if c["settings"] == "sampling.temperature=0.0")
+    assert cells["dev acc %"] == f"{statistics.mean(accs):.1f} ± {statistics.stdev(accs):.1f}"
+    # Paper order: without rationalization before with.
+    assert [c["method"] for c in summary_rows(md)][0] == "STaR without rationalization"
+
+
+def test_logging_keys_do_not_split_groups(tmp_path):
+    a = make_run(tmp_path, "a", seed=0, extra_cfg={"logger.wandb": True, "generator.progress": True})
+    b = make_run(tmp_path, "b", seed=1, extra_cfg={"logger.wandb": False, "generator.progress": False})
+    _, summary, _ = report([a, b], tmp_path / "out")
+    assert len(summary) == 1 and summary[0]["n"] == "2"
+
+
+@pytest.mark.parametrize("task,method,rationalization,paper_acc,paper_train", [
+    ("cqa", "star", True, 72.5, "86.7"),
+    ("cqa", "star", False, 68.8, "69.7"),
+    ("cqa", "fewshot_cot", False, 36.6, "~0"),
+    ("cqa", "fewshot_direct", False, 20.9, "~0"),
+    ("cqa", "direct_finetune", False, 60.0, "100.0"),
+    ("gsm8k", "star", True, 10.7, "28.7"),
+    ("gsm8k", "star", False, 10.1, "25.0"),
+    ("gsm8k", "fewshot_direct", False, 3.0, "~0"),
+    ("arithmetic", "direct_finetune", False, 76.3, ""),
+    ("arithmetic", "star", False, None, ""),
+])
+def test_paper_numbers_beside_each_row(tmp_path, task, method, rationalization, paper_acc, paper_train):
+    fewshot = method.startswith("fewshot")
+    run = make_run(tmp_path, "run", task=task, method=method, rationalization=rationalization,
+                   n_iterations=0 if fewshot else 2, accs=(0.3,) if fewshot else (0.1, 0.2, 0.3))
+    md, (s,), _ = report([run], tmp_path / "out")
+    assert s["paper_dev_acc"] == ("" if paper_acc is None else str(paper_acc))
+    assert s["paper_train_pct"] == paper_train
+    if fewshot:
+        assert s["train_pct_mean"] == "~0" and summary_rows(md)[0]["train data %"] == "~0"
+    (cells,) = summary_rows(md)
+    assert cells["paper (GPT-J)"].startswith("-" if paper_acc is None else f"{paper_acc:.1f}")
+
+
+# ------------------------------------------------------------------ fast: plots and the command
+
+
+def assert_png(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1024, path
+
+
+def test_plots_written_and_per_digit_only_for_arithmetic(tmp_path):
+    make_run(tmp_path / "arith", "a0", seed=0)
+    make_run(tmp_path / "arith", "a1", seed=1, n_iterations=3, partial_next=True)
+    make_run(tmp_path / "arith", "fs", method="fewshot_cot", n_iterations=0, accs=(0.2,))
+    written = R.write_report([tmp_path / "arith"])
+    out = tmp_path / "arith" / "report"  # the default: report/ inside the first path
+    assert set(written) == {"accuracy.png", "train_data.png", "per_digit.png", "report.md", "report.csv", "runs.csv"}
+    for name in ("accuracy.png", "train_data.png", "per_digit.png"):
+        assert_png(out / name)
+    assert "[per_digit.png](per_digit.png)" in (out / "report.md").read_text()
+    # Reporting again does not pick up the report folder as a run.
+    R.write_report([tmp_path / "arith"])
+    assert len(read_csv(out / "runs.csv")) == 3
+    make_run(tmp_path / "cqa", "c0", task="cqa", accs=(0.2, 0.3, 0.4))
+    written = R.write_report([tmp_path / "cqa"], tmp_path / "cqa_out")
+    assert "per_digit.png" not in written and not (tmp_path / "cqa_out" / "per_digit.png").exists()
+    assert_png(tmp_path / "cqa_out" / "train_data.png")
+
+
+def test_many_runs_plot_one_panel_per_group(tmp_path):
+    for seed in range(7):
+        make_run(tmp_path, f"on{seed}", seed=seed)
+        make_run(tmp_path, f"off{seed}", seed=seed, rationalization=False)
+    groups = R.group_runs([R.read_run(p) for p in R.find_runs([tmp_path])])
+    panels = R._panels(groups)
+    assert [p.title for p in panels] == ["STaR without rationalization (mean of 7)",
+                                         "STaR with rationalization (mean of 7)"]
+    assert panels[1].mean(2, "eval/accuracy") == pytest.approx(0.5)
+    R.write_report([tmp_path], tmp_path / "out")
+    for name in ("accuracy.png", "train_data.png", "per_digit.png"):
+        assert_png(tmp_path / "out" / name)
+
+
+def test_main_prints_the_summary(tmp_path, capsys):
+    run = make_run(tmp_path, "run")
+    R.main([str(run), "--out", str(tmp_path / "out"), "--no-plots"])
+    out = capsys.readouterr().out
+    assert "| task | method |" in out and "STaR with rationalization" in out and str(tmp_path / "out") in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.csv", "report.md", "runs.csv"]
+
+
+# ------------------------------------------------------------------ slow: real runs through the real CLI
+
+FAST = ["model=tiny", "debug=fast", "n_iterations=1", "logger=none"]
+
+
+def star_ok(args):
+    proc = run_star(args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-point sweep (rationalization on/off, seed 0) and a separate run (on, seed 1)."""
+    root = tmp_path_factory.mktemp("report_runs")
+    sweep, run = root / "sweep", root / "run_seed1"
+    star_ok(["-m", "rationalization=on,off", *FAST, f"hydra.sweep.dir={sweep}"])
+    star_ok([*FAST, "seed=1", f"hydra.run.dir={run}"])
+    return sweep, run
+
+
+@pytest.mark.slow
+def test_report_on_real_runs(real_runs, tmp_path):
+    sweep, single = real_runs
+    proc = subprocess.run(["star-report", str(sweep), str(single), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    runs = read_csv(out / "runs.csv")
+    assert len(runs) == 3
+    for row in runs:
+        last = metrics_of(Path(row["path"]))[-1]
+        assert last["iteration"] == 1 and row["last_iteration"] == "1" and row["status"] == "done"
+        assert float(row["dev_acc"]) == 100 * last["eval/accuracy"]
+        assert float(row["train_pct"]) == 100 * last["data/train_fraction"]
+        assert float(row["direct_pct"]) == pytest.approx(100 * last["data/n_direct"] / last["data/n_questions"])
+        assert float(row["rationalized_pct"]) == pytest.approx(
+            100 * last["data/n_rationalized"] / last["data/n_questions"])
+        cfg = yaml.safe_load((Path(row["path"]) / ".hydra" / "config.yaml").read_text())
+        assert row["seed"] == str(cfg["seed"]) and row["task"] == cfg["task"]["name"] == "arithmetic"
+    summary = {s["method"]: s for s in read_csv(out / "report.csv")}
+    assert set(summary) == {"STaR with rationalization", "STaR without rationalization"}
+    on, off = summary["STaR with rationalization"], summary["STaR without rationalization"]
+    assert (on["n"], on["seeds"], off["n"], off["seeds"]) == ("2", "0,1", "1", "0")
+    on_accs = [float(r["dev_acc"]) for r in runs if r["method"] == on["method"]]
+    assert float(on["dev_acc_mean"]) == pytest.approx(statistics.mean(on_accs))
+    assert float(on["dev_acc_std"]) == pytest.approx(statistics.stdev(on_accs))
+    assert float(off["rationalized_pct_mean"]) == 0.0  # rationalization off keeps no rationalized example
+    assert float(on["rationalized_pct_mean"]) > 0.0    # debug=fast: gold rationales for every failure
+    md = (out / "report.md").read_text()
+    assert [c["iterations"] for c in summary_rows(md)] == ["1/1", "1/1"]
+    for row in runs:
+        assert [r[0] for r in run_section_rows(md, Path(row["path"]))] == ["0", "1"]
+    for name in ("accuracy.png", "train_data.png", "per_digit.png"):
+        assert_png(out / name)
+    assert "| task | method |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_report_default_out_is_inside_the_sweep(real_runs):
+    sweep, _ = real_runs
+    for _ in range(2):  # the second time, sweep/report/ exists and must not count as a run
+        proc = subprocess.run(["star-report", str(sweep)], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(read_csv(sweep / "report" / "runs.csv")) == 2
