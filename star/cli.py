@@ -15,7 +15,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from star.config import ConfigError, register_configs
 
@@ -28,6 +29,17 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 class UserError(Exception):
     """Raised for mistakes the user can fix; printed without a traceback."""
+
+
+def _wandb_names(run_dir: Path) -> tuple[str, str | None]:
+    """(run name, group) for W&B. A sweep point: its overrides (hydra.job.override_dirname) and
+    the sweep's name (the sweep file's config name, else the sweep directory's name). A single
+    run: the run directory's name and no group."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return run_dir.name, None
+    hc = HydraConfig.get()
+    group = hc.job.config_name if hc.job.config_name != "config" else Path(hc.sweep.dir).name
+    return hc.job.override_dirname or run_dir.name, group
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
@@ -44,7 +56,10 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     except ConfigError as e:
         raise UserError(str(e)) from None
     write_run_info(run_dir, cfg)
-    tracker = Tracker(run_dir, cfg.logger, config_to_dict(cfg), run_name=cfg.logger.name or run_dir.name)
+    # In a sweep: one W&B run per point, named by its overrides, grouped by sweep (logger.* wins).
+    run_name, group = _wandb_names(run_dir)
+    logger_cfg = cfg.logger if cfg.logger.group or not group else OmegaConf.merge(cfg.logger, {"group": group})
+    tracker = Tracker(run_dir, logger_cfg, config_to_dict(cfg), run_name=cfg.logger.name or run_name)
     try:
         history = StarLoop(cfg, run_dir, tracker=tracker).run()
     except ModelNotFoundError as e:

@@ -38,3 +38,44 @@ def run_star(args: list[str], env: dict | None = None, timeout: int = 600) -> su
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(["star", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _slurm_required() -> bool:
+    """CI=true or REQUIRE_SLURM=1: a cluster that cannot start fails the SLURM tests instead of skipping them."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes") or os.environ.get("REQUIRE_SLURM") == "1"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A private SLURM cluster for this pytest session (tests/slurm_cluster.py): SLURM_CONF is exported
+    while it runs, so `star -m hydra/launcher=slurm ...` subprocesses submit to it. Installs the
+    Debian packages first when they are missing (root + apt). SLURM_CLUSTER_KEEP=1 keeps its root dir."""
+    import shutil
+    import tempfile
+
+    from tests.slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_packages
+
+    # Under /tmp, not pytest's tmp dir: the munge user must be able to reach its socket (pytest's are 0700).
+    root = Path(tempfile.mkdtemp(prefix="star-slurm-"))
+    try:
+        ensure_packages(log=lambda m: print(m, file=sys.stderr))
+        cluster = SlurmCluster(root).start()
+    except SlurmUnavailable as e:
+        shutil.rmtree(root, ignore_errors=True)
+        message = f"the local SLURM cluster could not start: {e}"
+        if _slurm_required():
+            pytest.fail(message + "\n(CI / REQUIRE_SLURM=1: failing instead of skipping)", pytrace=False)
+        pytest.skip(message)
+    saved = {k: os.environ.get(k) for k in cluster.env}
+    os.environ.update(cluster.env)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if os.environ.get("SLURM_CLUSTER_KEEP") != "1":
+            shutil.rmtree(root, ignore_errors=True)
