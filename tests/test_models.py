@@ -44,7 +44,7 @@ def weights(model):
 
 
 def test_builders_listed():
-    assert set(MODEL_BUILDERS) == {"tiny", "hf", "smollm2_135m"}
+    assert set(MODEL_BUILDERS) == {"tiny", "gptj_tiny", "hf", "smollm2_135m"}
 
 
 def test_unknown_name_lists_choices():
