@@ -14,9 +14,11 @@ exists; a restarted job redoes any stage without a marker from scratch.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -129,6 +131,12 @@ def _checkpoint_of(run_dir: Path, iteration: int) -> str | None:
     return read_done(run_dir, iteration, "train").get("checkpoint")
 
 
+def retained_deletions(run_dir: Path) -> set[str]:
+    """Checkpoints the retention policy deleted on purpose (relative paths)."""
+    log = Path(run_dir) / RETENTION_LOG
+    return {r["deleted"] for r in read_jsonl(log)} if log.exists() else set()
+
+
 def prune_checkpoints(run_dir: Path, iteration: int) -> list[str]:
     """checkpoint.keep=last_and_best: after iteration `iteration`'s eval, delete every checkpoint of
     iterations <= `iteration` except M(iteration) (the last: the next iteration generates with it,
@@ -161,3 +169,85 @@ def prune_checkpoints(run_dir: Path, iteration: int) -> list[str]:
         os.replace(src, tmp)
         shutil.rmtree(tmp)
     return doomed
+
+
+# ----------------------------------------------------------------------------- run lock
+
+LOCK_FILE = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds this run directory."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two processes never write the same run.
+
+    flock() is released by the kernel when its owner dies, SIGKILL included, so a killed or
+    requeued job never blocks its own restart. The file keeps the last owner's pid and host
+    for the error message."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(
+                f"run directory {self.path.parent} is in use by {holder}; wait for that run to finish, "
+                "or choose another hydra.run.dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+# ----------------------------------------------------------------------------- verification
+
+def corrupt_reason(path: Path) -> str | None:
+    """Why a finished stage's file cannot be trusted (missing, unparsable), or None if it reads.
+    Directories are checkpoints: config.json and every safetensors file must open."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                return "config.json missing"
+            shards = sorted(path.glob("*.safetensors"))
+            if not shards:
+                return "no .safetensors file"
+            from safetensors import safe_open
+
+            for shard in shards:
+                with safe_open(str(shard), framework="pt") as f:
+                    f.keys()
+            index = path / "model.safetensors.index.json"
+            if index.exists():
+                needed = set(read_json(index)["weight_map"].values())
+                missing = sorted(n for n in needed if not (path / n).is_file())
+                if missing:
+                    return f"shard {missing[0]} missing"
+        elif path.suffix == ".jsonl":
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"line {n} is not JSON ({e.msg})"
+        elif path.suffix in (".json", ".done"):
+            read_json(path)
+    except (OSError, ValueError, KeyError) as e:
+        return f"unreadable ({e})"
+    return None

@@ -10,6 +10,7 @@ User errors (a bad value, a missing model) print one line naming the fix and exi
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def _wandb_names(run_dir: Path) -> tuple[str, str | None]:
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     """Validate, then run (or resume) the STaR loop in run_dir; return per-iteration metrics."""
+    from star.artifacts import RunLock, RunLockedError
     from star.config import validate
     from star.loop import StarLoop, config_to_dict
+    from star.training.module import NonFiniteLossError
     from star.models import ModelNotFoundError
     from star.report import iteration_table
     from star.run_info import write_run_info
@@ -61,9 +64,17 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     logger_cfg = cfg.logger if cfg.logger.group or not group else OmegaConf.merge(cfg.logger, {"group": group})
     tracker = Tracker(run_dir, logger_cfg, config_to_dict(cfg), run_name=cfg.logger.name or run_name)
     try:
-        history = StarLoop(cfg, run_dir, tracker=tracker).run()
-    except ModelNotFoundError as e:
+        with RunLock(run_dir):
+            history = StarLoop(cfg, run_dir, tracker=tracker).run()
+    except (ModelNotFoundError, RunLockedError) as e:
         raise UserError(str(e)) from None
+    except NonFiniteLossError as e:
+        raise UserError(f"{e}. Every finished stage is kept.") from None
+    except OSError as e:
+        # Out of disk, a read-only file system: the stage in progress has no marker, so a rerun
+        # redoes it; everything marked done is complete.
+        raise UserError(f"could not write the run directory ({e}); fix that, then rerun the same command "
+                        "to resume from the last finished stage") from None
     finally:
         tracker.finish()
     if cfg.print_table:
@@ -81,7 +92,24 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _run_dir_problem(argv: list[str]) -> str | None:
+    """Hydra creates the run directory before our code runs, and fails with a traceback when it
+    cannot: check an explicit hydra.run.dir first."""
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            path = Path(arg.split("=", 1)[1]).expanduser()
+            parent = next((p for p in [path, *path.parents] if p.exists()), None)
+            if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK)):
+                return f"cannot create the run directory {path}: {parent} is not a writable directory; " \
+                       "choose another hydra.run.dir"
+    return None
+
+
 def main() -> None:
+    problem = _run_dir_problem(sys.argv[1:])
+    if problem:
+        print(f"star: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

@@ -20,6 +20,7 @@ import hashlib
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,9 +38,13 @@ from star.tasks.base import Example
 from star.tracking import Tracker
 from star.training import finetune
 from star.training.callbacks import CrashPointCallback, GenerationCallback
+from star.training.module import NonFiniteLossError
 
 ITERATION_STAGES = ("generate", "rationalize", "train", "eval", "log")
 BASELINE_STAGES = ("eval", "log")
+# Files each stage writes in iter_NN/ (besides its marker and, for train, the checkpoint).
+STAGE_FILES = {"generate": ("generations.jsonl",), "rationalize": ("rationalizations.jsonl",),
+               "train": ("train.jsonl",), "eval": ("eval.json",), "log": ("metrics.json",)}
 
 
 def derive_seed(seed: int, iteration: int, stage: str, key: str = "") -> int:
@@ -128,9 +133,43 @@ class StarLoop:
         return [pool[i] for i in chosen]
 
     # ---------------------------------------------------------------- run
+    def stage_problem(self, iteration: int, stage: str) -> tuple[Path, str] | None:
+        """(path, why) for the first file a finished stage left that is missing or corrupt, or None."""
+        marker = A.marker(self.run_dir, iteration, stage)
+        why = A.corrupt_reason(marker)
+        if why:
+            return marker, why
+        d = A.iter_dir(self.run_dir, iteration)
+        files = [d / name for name in STAGE_FILES[stage]]
+        if stage == "train":
+            checkpoint = A.read_done(self.run_dir, iteration, "train").get("checkpoint")
+            # A checkpoint the retention policy deleted on purpose is not a fault.
+            if checkpoint and checkpoint not in A.retained_deletions(self.run_dir):
+                files.append(self.run_dir / checkpoint)
+        return next(((f, why) for f in files if (why := A.corrupt_reason(f))), None)
+
+    def verify_finished_stages(self) -> None:
+        """Find the first finished stage whose files are truncated or corrupt; redo it and every
+        stage after it (they were built from it), with a warning."""
+        order = [(n, st) for n in range(self.cfg.n_iterations + 1)
+                 for st in (BASELINE_STAGES if n == 0 else ITERATION_STAGES)]
+        for k, (iteration, stage) in enumerate(order):
+            if not A.is_done(self.run_dir, iteration, stage):
+                continue
+            problem = self.stage_problem(iteration, stage)
+            if problem is None:
+                continue
+            path, why = problem
+            warnings.warn(f"[star] {path.relative_to(self.run_dir)} is corrupt ({why}): redoing stage "
+                          f"'{stage}' of iteration {iteration} and every stage after it", stacklevel=2)
+            for later_iteration, later_stage in order[k:]:
+                A.marker(self.run_dir, later_iteration, later_stage).unlink(missing_ok=True)
+            return
+
     def run(self) -> list[dict]:
         """Run every unfinished stage; return one metrics dict per finished iteration."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.verify_finished_stages()
         history = []
         for iteration in range(self.cfg.n_iterations + 1):
             stages = BASELINE_STAGES if iteration == 0 else ITERATION_STAGES
@@ -261,10 +300,14 @@ class StarLoop:
         if armed(f"{iteration}/train/step_"):  # fault tests: die mid-training
             callbacks.append(CrashPointCallback(f"{iteration}/train"))
         crash_point(f"{iteration}/train/before_fit")
-        stats = self.finetune_fn(model, self.base()[1], rows, steps=steps, trainer_cfg=self.cfg.trainer,
-                                 seed=derive_seed(self.cfg.seed, iteration, "train"),
-                                 prefix=self.task.fewshot_prompt(direct=self.cfg.method.direct) if keep_prompt else "",
-                                 callbacks=callbacks, progress=self.cfg.generator.progress, lora=self.cfg.model.lora)
+        try:
+            stats = self.finetune_fn(model, self.base()[1], rows, steps=steps, trainer_cfg=self.cfg.trainer,
+                                     seed=derive_seed(self.cfg.seed, iteration, "train"),
+                                     prefix=self.task.fewshot_prompt(direct=self.cfg.method.direct) if keep_prompt else "",
+                                     callbacks=callbacks, progress=self.cfg.generator.progress,
+                                     lora=self.cfg.model.lora)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"iteration {iteration}: {e}") from None
         crash_point(f"{iteration}/train/after_fit")
         checkpoint = f"iter_{iteration:02d}/checkpoint"
         save_checkpoint(model, self.base()[1], self.run_dir / checkpoint,

@@ -12,6 +12,10 @@ import lightning as L
 import torch
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
 def effective_warmup(warmup_steps: int, total_steps: int) -> int:
     return min(warmup_steps, total_steps // 4)
 
@@ -33,6 +37,11 @@ class CausalLMModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.model(**batch)
         loss = out.loss
+        if not torch.isfinite(loss.detach()):
+            # Stop rather than train on garbage; the loop adds the iteration to the message.
+            raise NonFiniteLossError(
+                f"training loss is {float(loss.detach())} at step {self.global_step + 1}; lower trainer.lr "
+                "(or use trainer.precision=32-true), then rerun the same command to resume")
         self.losses.append(float(loss.detach()))
         self.n_tokens += int(batch["attention_mask"].sum())
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
