@@ -10,6 +10,7 @@ User errors (a bad value, a missing model) print one line naming the fix and exi
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -71,6 +72,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     except NonFiniteLossError as e:
         raise UserError(f"{e}. Every finished stage is kept.") from None
     except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
         # Out of disk, a read-only file system: the stage in progress has no marker, so a rerun
         # redoes it; everything marked done is complete.
         raise UserError(f"could not write the run directory ({e}); fix that, then rerun the same command "
