@@ -39,6 +39,12 @@ class TaskConfig:
     hub_config: Optional[str] = None
     # Longest completion the generator may write for this task.
     max_new_tokens: int = 128
+    # gsm8k: where problems come from: hub_or_files (data_files, else the hub) or gsm_symbolic
+    # (generated offline from the GSM-Symbolic templates, via reasoning_gym, from the seed).
+    source: str = "hub_or_files"
+    # reasoning_gym: the dataset name and the keyword arguments its config takes.
+    dataset: Optional[str] = None
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

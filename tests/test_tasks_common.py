@@ -13,6 +13,7 @@ HINTS = {
     "arithmetic": re.compile(r" \(hint: the answer is -?\d+\)"),
     "gsm8k": re.compile(r" \(hint: the answer is [^)]+\)"),
     "cqa": re.compile(re.escape(" (CORRECT)")),
+    "reasoning_gym": re.compile(r" \(hint: the answer is [^)]+\)"),
 }
 
 

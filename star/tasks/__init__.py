@@ -15,6 +15,7 @@ TASKS: dict[str, str] = {
     "arithmetic": "star.tasks.arithmetic:ArithmeticTask",
     "cqa": "star.tasks.cqa:CqaTask",
     "gsm8k": "star.tasks.gsm8k:Gsm8kTask",
+    "reasoning_gym": "star.tasks.reasoning_gym:ReasoningGymTask",
 }
 
 

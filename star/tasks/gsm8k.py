@@ -8,6 +8,18 @@ json/jsonl/parquet files in the hub's schema, one row per problem:
 
     star task=gsm8k task.data_files.train=gsm8k_train.jsonl task.data_files.dev=gsm8k_test.jsonl
 
+Offline without files: `task.source=gsm_symbolic` generates GSM8K-style problems from the
+GSM-Symbolic templates (through reasoning_gym's `gsm_symbolic` dataset) from the seed:
+
+    star task=gsm8k task.source=gsm_symbolic task.train_size=1000 task.dev_size=100
+
+train and dev are separate generator streams, and dev drops questions that occur in train
+(reasoning_gym.generate). Each problem becomes an Example in this task's schema: the question
+(without the generator's "Give the result as your final answer. Do not include units."), the
+answer number, and its worked solution (metadata answer_cot) as meta["solution"] ending in
+"#### N", or None when it has none or it does not end at the answer; then gold_rationale is
+None and class_of is "all". The verifier and prompts are this task's.
+
 The hub rows have no id: examples are named "<split>-00000", ... in file order (a file may
 add an "id" column of unique strings instead). task.train_size / task.dev_size cap each
 split at its first N rows in file order. Every row is checked (also those past the cap):
@@ -69,6 +81,8 @@ HUB_ID = "openai/gsm8k"
 HUB_CONFIG = "main"
 HUB_SPLITS = {"train": "train", "dev": "test"}
 STOP = "\n\n"
+SOURCES = ("hub_or_files", "gsm_symbolic")
+_SYMBOLIC_SUFFIX = "Give the result as your final answer. Do not include units."
 REQUIRED = ("question", "answer")
 SCHEMA = ('{"question": "Tom has 3 bags of 4 apples. How many apples?", '
           '"answer": "He has 3 * 4 = <<3*4=12>>12 apples.\\n#### 12"}')
@@ -300,6 +314,40 @@ def parse_exemplars(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def gsm_symbolic_example(entry: dict, rid: str) -> Example:
+    """A reasoning_gym gsm_symbolic entry as an Example in this task's schema."""
+    question = entry["question"].strip()
+    if question.endswith(_SYMBOLIC_SUFFIX):
+        question = question[: -len(_SYMBOLIC_SUFFIX)].strip()
+    value = parse_number(str(entry["answer"]).strip())
+    if value is None:
+        raise ValueError(f"gsm_symbolic problem {rid} has no numeric answer: {entry['answer']!r}")
+    answer = canonical(value)
+    cot = (entry.get("metadata") or {}).get("answer_cot")
+    solution = None
+    if isinstance(cot, str) and cot.strip():
+        body = cot.strip() if "####" in cot else f"{cot.strip()}\n#### {answer}"
+        lines, _ = split_solution(body)
+        # Keep it only when it is one GSM8K solution that ends at this answer and reads back as it.
+        if (body.count("####") == 1 and lines and gold_number(body) == value
+                and answer_value(gold_rationale_for(body)) == value):
+            solution = body
+    n_steps = len(split_solution(solution)[0]) if solution else "all"
+    return Example(id=rid, question=question, answer=answer, meta={"solution": solution, "n_steps": n_steps})
+
+
+def gsm_symbolic_splits(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
+    """train and dev generated from the GSM-Symbolic templates; disjoint (dev drops train's questions)."""
+    from star.tasks.reasoning_gym import generate  # local: reasoning_gym takes a second to import
+
+    taken: set[str] = set()
+    out = {}
+    for split in ("train", "dev"):
+        _, entries = generate("gsm_symbolic", {}, seed, split, sizes[split], taken, size_key=f"task.{split}_size")
+        out[split] = [gsm_symbolic_example(e, f"{split}-{n:05d}") for n, e in enumerate(entries)]
+    return out
+
+
 class Gsm8kTask:
     """GSM8K; see the module docstring for the format and the decisions."""
 
@@ -308,9 +356,16 @@ class Gsm8kTask:
 
     def __init__(self, train_size: int, dev_size: int, data_files: dict | None = None,
                  hub_id: str | None = HUB_ID, hub_config: str | None = HUB_CONFIG,
-                 prompt_dir: str | Path | None = None):
+                 prompt_dir: str | Path | None = None, source: str = "hub_or_files", seed: int = 0):
         if train_size < 0 or dev_size < 0:
             raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
+        if source not in SOURCES:
+            raise ValueError(f"unknown gsm8k source {source!r}; set task.source to one of: {', '.join(SOURCES)}")
+        if source != "hub_or_files" and any((data_files or {}).get(s) for s in ("train", "dev")):
+            raise ValueError(f"task.data_files are read only with task.source=hub_or_files, not {source}; "
+                             f"unset task.data_files or set task.source=hub_or_files")
+        self.origin = source
+        self.seed = int(seed)
         self.sizes = {"train": int(train_size), "dev": int(dev_size)}
         files = dict(data_files or {})
         self.source = DataSource(task=NAME, hub_id=hub_id, hub_config=hub_config, hub_splits=HUB_SPLITS,
@@ -329,11 +384,17 @@ class Gsm8kTask:
             hub_id, hub_config = HUB_ID, HUB_CONFIG
         return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size,
                    data_files={"train": getattr(files, "train", None), "dev": getattr(files, "dev", None)},
-                   hub_id=hub_id, hub_config=hub_config)
+                   hub_id=hub_id, hub_config=hub_config,
+                   source=getattr(task_cfg, "source", None) or "hub_or_files", seed=seed)
 
     # --- data
 
     def load(self, split: str) -> list[Example]:
+        if self.origin == "gsm_symbolic":
+            if split not in self.sizes:
+                raise ValueError(f"unknown split '{split}' for {NAME}; valid splits: {', '.join(self.sizes)}")
+            if not self._splits:
+                self._splits = gsm_symbolic_splits(self.seed, self.sizes)
         if split not in self._splits:
             rows = load_rows(self.source, split, limit=None, check_row=_row_problems, row_id=lambda r: r.get("id"),
                              unique="id")
@@ -385,8 +446,9 @@ class Gsm8kTask:
             return str(example.meta["n_steps"])
         return str(len(split_solution(example.meta.get("solution", ""))[0]))
 
-    def gold_rationale(self, example: Example) -> str:
-        return gold_rationale_for(example.meta["solution"])
+    def gold_rationale(self, example: Example) -> str | None:
+        solution = example.meta.get("solution")
+        return None if solution is None else gold_rationale_for(solution)
 
     def direct_completion(self, example: Example) -> str:
         """The gold answer alone, as the answers-only prompt writes it."""
