@@ -55,7 +55,7 @@ from pathlib import Path
 import random
 from typing import Iterator
 
-from star.tasks.base import Example
+from star.tasks.base import Example, answer_hint, answer_line, qa_question
 
 SPLITS = ("train", "dev")
 STOP = "\n\n"
@@ -332,10 +332,10 @@ class ArithmeticTask:
         return self._fewshot[key]
 
     def hint_text(self, example: Example) -> str:
-        return f" (hint: the answer is {example.answer})"
+        return answer_hint(example.answer)
 
     def format_question(self, example: Example, hint: bool = False) -> str:
-        return f"Q: {example.question}{self.hint_text(example) if hint else ''}\nA:"
+        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     def scratchpad(self, example: Example) -> str:
         """The gold completion (for tests and the train-on-gold-rationales option)."""
@@ -348,7 +348,7 @@ class ArithmeticTask:
 
     def direct_completion(self, example: Example) -> str:
         """The gold answer line alone (answers-only prompt and direct fine-tuning)."""
-        return f" The answer is {example.answer}.{STOP}"
+        return answer_line(example.answer, STOP)
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_answer(completion)

@@ -76,3 +76,21 @@ class Task(Protocol):
 
     def is_faithful(self, example: Example, completion: str) -> bool | None:
         """Whether every reasoning step is right, or None where the task cannot check steps."""
+
+
+# Shared plain-text formats. Tasks whose questions read "Q: ...\nA:" with the hint appended
+# use these, so the hint and the answer line are written the same way everywhere.
+
+def answer_hint(answer: str) -> str:
+    """The rationalization hint appended to a question."""
+    return f" (hint: the answer is {answer})"
+
+
+def qa_question(question: str, hint: str = "") -> str:
+    """ "Q: <question><hint>\nA:", the completion starts right after."""
+    return f"Q: {question}{hint}\nA:"
+
+
+def answer_line(answer: str, stop: str) -> str:
+    """The answers-only completion: " The answer is <answer>." and the stop string."""
+    return f" The answer is {answer}.{stop}"

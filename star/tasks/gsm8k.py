@@ -73,7 +73,7 @@ from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 
-from star.tasks.base import Example
+from star.tasks.base import Example, answer_hint, answer_line, qa_question
 from star.tasks.hf_data import DataSource, TaskDataError, load_rows, text_problem
 
 NAME = "gsm8k"
@@ -427,10 +427,10 @@ class Gsm8kTask:
         return self._fewshot[key]
 
     def hint_text(self, example: Example) -> str:
-        return f" (hint: the answer is {example.answer})"
+        return answer_hint(example.answer)
 
     def format_question(self, example: Example, hint: bool = False) -> str:
-        return f"Q: {example.question}{self.hint_text(example) if hint else ''}\nA:"
+        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     # --- scoring
 
@@ -452,7 +452,7 @@ class Gsm8kTask:
 
     def direct_completion(self, example: Example) -> str:
         """The gold answer alone, as the answers-only prompt writes it."""
-        return f" The answer is {example.answer}.{STOP}"
+        return answer_line(example.answer, STOP)
 
     def is_faithful(self, example: Example, completion: str) -> None:
         return None

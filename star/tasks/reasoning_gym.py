@@ -48,7 +48,7 @@ import hashlib
 import re
 from typing import Any
 
-from star.tasks.base import Example
+from star.tasks.base import Example, answer_hint, answer_line, qa_question
 
 NAME = "reasoning_gym"
 SPLITS = ("train", "dev")
@@ -239,10 +239,10 @@ class ReasoningGymTask:
         return self._fewshot[key]
 
     def hint_text(self, example: Example) -> str:
-        return f" (hint: the answer is {example.answer})"
+        return answer_hint(example.answer)
 
     def format_question(self, example: Example, hint: bool = False) -> str:
-        return f"Q: {example.question}{self.hint_text(example) if hint else ''}\nA:"
+        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     # --- scoring
 
@@ -275,7 +275,7 @@ class ReasoningGymTask:
 
     def direct_completion(self, example: Example) -> str:
         """The gold answer line alone (answers-only prompt and direct fine-tuning)."""
-        return f" The answer is {example.answer}.{STOP}"
+        return answer_line(example.answer, STOP)
 
     def gold_rationale(self, example: Example) -> str | None:
         steps = rationale_steps(example.meta.get("entry") or {})
