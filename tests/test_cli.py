@@ -12,7 +12,7 @@ from star import artifacts as A
 from star.tracking import read_wandb_offline, read_wandb_run_ids
 from tests.conftest import run_star
 
-FAST = ["model=tiny", "debug=fast", "n_iterations=2"]
+FAST = ["~experiment", "model=tiny", "debug=fast", "n_iterations=2"]
 # Files that must be byte-identical between equal runs (no timings, timestamps or paths in them).
 DETERMINISTIC = ("generations.jsonl", "rationalizations.jsonl", "train.jsonl", "eval.json",
                  "checkpoint/model.safetensors")

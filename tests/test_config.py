@@ -126,7 +126,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("override,needle", BAD_VALUES)
 def test_bad_values_rejected_with_the_key_named(override, needle):
-    cfg = compose_config([override])
+    cfg = compose_config(["~experiment", override])  # plain group defaults: the needles assume their sizes
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert needle in str(e.value)

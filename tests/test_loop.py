@@ -44,7 +44,7 @@ class ScriptedGenerator:
         return out
 
 
-BASE = ["model=tiny", "debug=fast", "logger=none", "task.train_size=30", "task.dev_size=12",
+BASE = ["~experiment", "model=tiny", "debug=fast", "logger=none", "task.train_size=30", "task.dev_size=12",
         "rationalization.gold_oracle=false"]
 
 
@@ -198,7 +198,7 @@ def test_sample_per_iteration(tmp_path):
     ("epoch", 1, 100, 8, 13), ("epoch", 2, 100, 8, 15), ("epoch", 1, 3, 8, 1),
 ])
 def test_schedule(mode, n, n_examples, batch, expected):
-    cfg = compose_config([f"schedule={mode}"])
+    cfg = compose_config(["~experiment", f"schedule={mode}"])
     assert scheduled_steps(cfg.schedule, n, n_examples, batch) == expected
 
 

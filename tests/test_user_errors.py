@@ -12,7 +12,7 @@ import pytest
 from star import cli
 
 DATA = Path(__file__).parent / "data"
-FAST = ["model=tiny", "debug=fast", "logger=none", "n_iterations=0"]
+FAST = ["~experiment", "model=tiny", "debug=fast", "logger=none", "n_iterations=0"]
 
 
 def rows(task: str) -> list[dict]:
