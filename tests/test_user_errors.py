@@ -37,6 +37,7 @@ CASES = [
     (["model=nosuch"], "nosuch"),
     (["method=nosuch"], "nosuch"),
     (["trainer=nosuch"], "nosuch"),
+    (["hydra/launcher=nosuch"], "nosuch"),
     (["task.digitz=3"], "digitz"),
     (["n_iterations=abc"], "n_iterations"),
     (["sampling.temperature=hot"], "temperature"),
