@@ -44,30 +44,22 @@ def _wandb_names(run_dir: Path) -> tuple[str, str | None]:
     return hc.job.override_dirname or run_dir.name, group
 
 
-def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
-    """Validate, then run (or resume) the STaR loop in run_dir; return per-iteration metrics."""
-    from star.artifacts import RunLock, RunLockedError
-    from star.config import validate
+def _run_locked(cfg: DictConfig, run_dir: Path) -> list[dict]:
+    """The run itself, once the run directory's lock is held."""
     from star.loop import StarLoop, config_to_dict
-    from star.training.module import NonFiniteLossError
     from star.models import ModelNotFoundError
-    from star.report import iteration_table
     from star.run_info import write_run_info
     from star.tracking import Tracker
+    from star.training.module import NonFiniteLossError
 
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
     write_run_info(run_dir, cfg)
     # In a sweep: one W&B run per point, named by its overrides, grouped by sweep (logger.* wins).
     run_name, group = _wandb_names(run_dir)
     logger_cfg = cfg.logger if cfg.logger.group or not group else OmegaConf.merge(cfg.logger, {"group": group})
     tracker = Tracker(run_dir, logger_cfg, config_to_dict(cfg), run_name=cfg.logger.name or run_name)
     try:
-        with RunLock(run_dir):
-            history = StarLoop(cfg, run_dir, tracker=tracker).run()
-    except (ModelNotFoundError, RunLockedError) as e:
+        return StarLoop(cfg, run_dir, tracker=tracker).run()
+    except ModelNotFoundError as e:
         raise UserError(str(e)) from None
     except NonFiniteLossError as e:
         raise UserError(f"{e}. Every finished stage is kept.") from None
@@ -80,6 +72,23 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
                         "to resume from the last finished stage") from None
     finally:
         tracker.finish()
+
+
+def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
+    """Validate, then run (or resume) the STaR loop in run_dir; return per-iteration metrics."""
+    from star.artifacts import RunLock, RunLockedError
+    from star.config import validate
+    from star.report import iteration_table
+
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    try:
+        with RunLock(run_dir):  # taken before anything is written: one process per run directory
+            history = _run_locked(cfg, run_dir)
+    except RunLockedError as e:
+        raise UserError(str(e)) from None
     if cfg.print_table:
         print(iteration_table(history))
     print(f"[star] run directory: {run_dir}")

@@ -110,7 +110,7 @@ def test_cli_refuses_a_locked_run_directory(tmp_path, monkeypatch, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "in use by pid" in err and "Traceback" not in err
-        assert not (run / "iter_00").exists()
+        assert not (run / "iter_00").exists() and not (run / "run_info.json").exists()
     finally:
         holder.kill()
         holder.wait()
