@@ -50,12 +50,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 import random
 from typing import Iterator
 
-from star.tasks.base import Example, answer_hint, answer_line, qa_question
+from star.tasks.base import Example, answer_hint, answer_line, qa_question, read_prompt
 
 SPLITS = ("train", "dev")
 STOP = "\n\n"
@@ -311,10 +310,7 @@ class ArithmeticTask:
         with direct=True each completion is the answer line alone (few-shot direct)."""
         key = (direct, hint)
         if key not in self._fewshot:
-            if self.prompt_path is not None:
-                text = self.prompt_path.read_text(encoding="utf-8")
-            else:
-                text = (resources.files("star.tasks") / "prompts" / "arithmetic.txt").read_text(encoding="utf-8")
+            text = read_prompt("arithmetic.txt", self.prompt_path)
             exemplars = parse_exemplars(text)
             # A wrong exemplar would teach wrong arithmetic: refuse it loudly.
             for q, completion in exemplars:

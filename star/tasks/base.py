@@ -18,6 +18,8 @@ completion with `format_question(ex, hint=None)`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -94,3 +96,12 @@ def qa_question(question: str, hint: str = "") -> str:
 def answer_line(answer: str, stop: str) -> str:
     """The answers-only completion: " The answer is <answer>." and the stop string."""
     return f" The answer is {answer}.{stop}"
+
+
+def read_prompt(name: str, override: "str | Path | None" = None) -> str:
+    """A few-shot file: `override` (a file, or a directory holding `name`) when given, else the
+    packaged star/tasks/prompts/<name>."""
+    if override is not None:
+        path = Path(override)
+        return (path / name if path.is_dir() else path).read_text(encoding="utf-8")
+    return (resources.files("star.tasks") / "prompts" / name).read_text(encoding="utf-8")

@@ -50,10 +50,9 @@ cannot be checked, and the dataset has none).
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 
-from star.tasks.base import Example
+from star.tasks.base import Example, read_prompt
 from star.tasks.hf_data import DataSource, load_rows, text_problem
 
 NAME = "cqa"
@@ -323,10 +322,7 @@ class CqaTask:
         key = (direct, hint)
         if key not in self._fewshot:
             name = "cqa_direct.txt" if direct else "cqa.txt"
-            if self.prompt_dir is not None:
-                text = (self.prompt_dir / name).read_text(encoding="utf-8")
-            else:
-                text = (resources.files("star.tasks") / "prompts" / name).read_text(encoding="utf-8")
+            text = read_prompt(name, self.prompt_dir)
             # Rebuilt through format_question, so the prefix and the next question read alike.
             self._fewshot[key] = "".join(self.format_question(ex, hint=hint) + c for ex, c in parse_exemplars(text))
         return self._fewshot[key]

@@ -70,10 +70,9 @@ from __future__ import annotations
 import re
 from decimal import Decimal, localcontext
 from fractions import Fraction
-from importlib import resources
 from pathlib import Path
 
-from star.tasks.base import Example, answer_hint, answer_line, qa_question
+from star.tasks.base import Example, answer_hint, answer_line, qa_question, read_prompt
 from star.tasks.hf_data import DataSource, TaskDataError, load_rows, text_problem
 
 NAME = "gsm8k"
@@ -417,10 +416,7 @@ class Gsm8kTask:
         key = (direct, hint)
         if key not in self._fewshot:
             name = "gsm8k_direct.txt" if direct else "gsm8k.txt"
-            if self.prompt_dir is not None:
-                text = (self.prompt_dir / name).read_text(encoding="utf-8")
-            else:
-                text = (resources.files("star.tasks") / "prompts" / name).read_text(encoding="utf-8")
+            text = read_prompt(name, self.prompt_dir)
             self._fewshot[key] = "".join(
                 self.format_question(Example(id="fewshot", question=q, answer=extract_answer(c) or ""), hint=hint) + c
                 for q, c in parse_exemplars(text))
