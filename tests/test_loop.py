@@ -118,14 +118,19 @@ def fingerprint(model) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def test_every_iteration_finetunes_the_original_base(tmp_path):
-    starts, ends = [], []
-
+def watched_finetune(starts: list, ends: list):
+    """The real finetune, recording the weights' fingerprint before and after each call."""
     def watching_finetune(model, *args, **kwargs):
         starts.append(fingerprint(model))
         stats = finetune(model, *args, **kwargs)
         ends.append(fingerprint(model))
         return stats
+    return watching_finetune
+
+
+def test_every_iteration_finetunes_the_original_base(tmp_path):
+    starts, ends = [], []
+    watching_finetune = watched_finetune(starts, ends)
 
     loop, _ = make_loop(tmp_path, ["n_iterations=3"], finetune_fn=watching_finetune)
     loop.run()
@@ -137,12 +142,7 @@ def test_every_iteration_finetunes_the_original_base(tmp_path):
 
 def test_continue_from_previous_when_restart_from_base_is_off(tmp_path):
     starts, ends = [], []
-
-    def watching_finetune(model, *args, **kwargs):
-        starts.append(fingerprint(model))
-        stats = finetune(model, *args, **kwargs)
-        ends.append(fingerprint(model))
-        return stats
+    watching_finetune = watched_finetune(starts, ends)
 
     loop, _ = make_loop(tmp_path, ["n_iterations=2", "method.restart_from_base=false"], finetune_fn=watching_finetune)
     loop.run()
