@@ -178,8 +178,9 @@ def test_wandb_run_named_by_overrides_grouped_by_sweep(monkeypatch, tmp_path, mo
 
 # ---------------------------------------------------------------- on the SLURM cluster
 # The same points as one of the sweep's, so an interrupted run has an uninterrupted twin.
-# schedule.base_steps=20 makes the train stage long enough to be interrupted inside.
-POINT = ["model=tiny", "debug=fast", "n_iterations=1", "schedule.base_steps=20"]
+# schedule.base_steps=150 makes the train stage long enough (several seconds) to be interrupted
+# inside: with 20 steps it could finish before `scontrol requeue` took effect.
+POINT = ["model=tiny", "debug=fast", "n_iterations=1", "schedule.base_steps=150"]
 SECRET = "wandb-key-sentinel-6f1c2a"  # a fake API key: it must not reach any output file
 
 
