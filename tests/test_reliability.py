@@ -170,3 +170,26 @@ def test_model_output_is_never_executed():
         assert "pickle.load" not in code, f"{path} unpickles"
         for call in re.findall(r"torch\.load\([^)]*\)", code):
             assert "weights_only=True" in call, f"{path}: {call} may unpickle code"
+
+
+def test_pause_point_holds_the_first_process_and_lets_a_rerun_through(tmp_path):
+    """STAR_PAUSE_AT holds a job at a known point until a signal ends it; the requeued job goes on."""
+    sentinel = tmp_path / "paused"
+    code = "from star.faults import crash_point; crash_point('1/train/step_2'); print('went on')"
+    env = {**os.environ, "STAR_PAUSE_AT": f"1/train/step_2:{sentinel}"}
+    first = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not sentinel.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the pause never began"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert first.poll() is None, "the paused process went on"
+    finally:
+        first.kill()
+    assert "went on" not in first.communicate()[0]
+    rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert rerun.stdout.strip() == "went on", rerun.stderr
+    other = subprocess.run([sys.executable, "-c", code.replace("step_2", "step_3")], capture_output=True,
+                           text=True, timeout=60, env={**env, "STAR_PAUSE_AT": f"1/train/step_2:{tmp_path}/x"})
+    assert other.stdout.strip() == "went on", "only the named point pauses"

@@ -178,9 +178,9 @@ def test_wandb_run_named_by_overrides_grouped_by_sweep(monkeypatch, tmp_path, mo
 
 # ---------------------------------------------------------------- on the SLURM cluster
 # The same points as one of the sweep's, so an interrupted run has an uninterrupted twin.
-# schedule.base_steps=150 makes the train stage long enough (several seconds) to be interrupted
-# inside: with 20 steps it could finish before `scontrol requeue` took effect.
-POINT = ["model=tiny", "debug=fast", "n_iterations=1", "schedule.base_steps=150"]
+# The interrupted run is held at a pause point inside fit (star/faults.py) until SLURM kills it:
+# racing a running job let it finish within KillWait, before the requeue took effect.
+POINT = ["model=tiny", "debug=fast", "n_iterations=1", "schedule.base_steps=20"]
 SECRET = "wandb-key-sentinel-6f1c2a"  # a fake API key: it must not reach any output file
 
 
@@ -283,15 +283,16 @@ def test_interrupted_job_resumes_to_identical_artifacts(slurm_cluster, slurm_swe
     sweep = tmp_path / "sweep"
     args = [*slurm_args(slurm_cluster, sweep), "rationalization=on", "seed=0"]
     out = tmp_path / "star.out"
+    paused = tmp_path / "paused"  # made when the first run stops at training step 2; the requeued run goes on
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STAR_PAUSE_AT": f"1/train/step_2:{paused}"}
     with out.open("w") as f:
-        proc = subprocess.Popen(["star", *args], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["star", *args], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
-        # Interrupt once rationalize is done: the job is then inside the train stage (Lightning's fit).
+        # Interrupt while the job is held inside the train stage (Lightning's fit).
         deadline = time.monotonic() + 300
-        while not list(sweep.glob("*/iter_01/rationalize.done")):
+        while not paused.exists():
             assert proc.poll() is None, f"star exited early:\n{out.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "the job never reached iteration 1"
+            assert time.monotonic() < deadline, "the job never reached training step 2 of iteration 1"
             time.sleep(0.05)
         [job_dir] = [d for d in (sweep / ".submitit").iterdir() if d.name[0].isdigit()]
         interrupt(slurm_cluster, job_dir.name, sweep / ".submitit")
