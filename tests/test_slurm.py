@@ -101,7 +101,12 @@ EXPECTED_SWEEPS = {
     "rationalization_ablation": 6,  # on/off x seeds 0, 1, 2
     "temperature_ablation": 4,      # greedy, 0.5, 0.7, 1.0
     "schedule_ablation": 3,         # exponential, linear, epoch
+    "small_arithmetic": 5,          # the arithmetic rows at small scale (SmolLM2-135M, CPU)
+    "paper_arithmetic": 3,          # the paper's rows, GPT-J 6B (a real cluster's GPUs)
+    "paper_cqa": 5,
+    "paper_gsm8k": 5,
 }
+ROWS = {"fewshot_direct", "fewshot_cot", "direct_finetune", "star_norat", "star"}
 
 
 def test_every_sweep_file_is_listed():
@@ -117,6 +122,13 @@ def test_sweep_file_composes_every_point(name, n_points):
     points = sweep_points(name)
     assert len(points) == n_points
     composed = [compose_with_hydra(name, point, config_dir=SWEEPS) for point in points]
+    if name.startswith("paper_"):
+        # GPT-J 6B rows: validate() would look for the model and a GPU's memory, which this machine lacks.
+        task = name.removeprefix("paper_")
+        assert {c.task.name for c in composed} == {task} and {c.model.name_or_path for c in composed} == {"EleutherAI/gpt-j-6b"}
+        assert {p[0].removeprefix(f"experiment={task}_gptj_") for p in points} <= ROWS
+        assert compose_with_hydra(name, config_dir=SWEEPS).hydra.launcher._target_.endswith("SlurmLauncher")
+        return
     for c in composed:
         validate(c)
     if name == "temperature_ablation":
@@ -124,6 +136,10 @@ def test_sweep_file_composes_every_point(name, n_points):
         assert len({c.sampling.top_p for c in composed}) == 1, "only the temperature varies"
     elif name == "schedule_ablation":
         assert sorted(c.schedule.mode for c in composed) == ["epoch", "exponential", "linear"]
+    elif name == "small_arithmetic":
+        assert {p[0].removeprefix("experiment=arithmetic_smollm2_") for p in points} == ROWS
+        assert {c.model.name for c in composed} == {"smollm2_135m"}
+        assert {c.method.name for c in composed} == {"fewshot_direct", "fewshot_cot", "direct_finetune", "star"}
     elif name == "rationalization_ablation":
         assert sorted((c.rationalization.enabled, c.seed) for c in composed) == sorted(
             itertools.product([False, True], [0, 1, 2]))
