@@ -149,6 +149,9 @@ class TrainerConfig:
     gradient_clip_val: float = 1.0
     batch_size: int = 8
     max_seq_len: int = 1024
+    # Pack each batch's examples end to end into rows of at most max_seq_len tokens (no padding
+    # work; per-example positions and a block-diagonal mask, so no cross-example attention).
+    packing: bool = True
     # Evaluate on `callback_dev_size` dev questions every N training steps (null: never).
     eval_every_n_steps: Optional[int] = None
     callback_dev_size: int = 16

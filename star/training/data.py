@@ -4,6 +4,15 @@ The prompt's tokens (the optional few-shot prefix and the question) get label -1
 the loss covers every completion token, rationale and answer alike. Prefix, prompt and
 completion are tokenized separately and concatenated, exactly as the generator builds
 its prompts, so training sees the token boundaries generation will see.
+
+Two collators turn a batch of examples into tensors (trainer.packing picks one):
+
+  PadCollator   one example per row, right-padded to the longest; an attention mask hides the pad.
+  PackCollator  the batch's examples packed end to end into as few rows of at most max_seq_len
+                tokens as fit; each example's position ids restart at 0, which (with no attention
+                mask and no cache) makes transformers build a block-diagonal causal mask: no
+                example attends to another. The same examples, the same loss (mean over their
+                completion tokens), less padding.
 """
 
 from __future__ import annotations
@@ -68,3 +77,57 @@ class PadCollator:
             labels[r, :n] = torch.tensor(e.labels)
             mask[r, :n] = 1
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class PackCollator:
+    """Packs a batch's examples into rows of at most `max_len` tokens (first fit, longest first).
+
+    Why packing stays inside one batch (and does not fill rows across batches): an optimizer
+    step then sees exactly the examples and the loss it would see unpacked, so learning is the
+    same and only the padding work goes away (tests/test_packing.py checks loss and gradients).
+
+    Returns input_ids, labels, position_ids (restarting at 0 for every example and for the
+    padding at a row's end) and n_tokens (real tokens, for tokens/s). No attention_mask: the
+    model must see position_ids alone (and run with use_cache=False) to build its block-diagonal
+    mask; CausalLMModule.training_step does exactly that.
+    """
+
+    def __init__(self, pad_id: int, max_len: int):
+        self.pad_id = pad_id
+        self.max_len = max_len
+
+    def pack(self, batch: list[TokenizedExample]) -> list[list[TokenizedExample]]:
+        rows: list[list[TokenizedExample]] = []
+        used: list[int] = []
+        for e in sorted(batch, key=lambda e: -len(e.input_ids)):
+            n = len(e.input_ids)
+            r = next((r for r, u in enumerate(used) if u + n <= self.max_len), None)
+            if r is None:
+                rows.append([e])
+                used.append(n)
+            else:
+                rows[r].append(e)
+                used[r] += n
+        return rows
+
+    def __call__(self, batch: list[TokenizedExample]) -> dict[str, torch.Tensor]:
+        rows = self.pack(batch)
+        width = max(sum(len(e.input_ids) for e in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for e in row:
+                n = len(e.input_ids)
+                input_ids[r, at:at + n] = torch.tensor(e.input_ids)
+                labels[r, at:at + n] = torch.tensor(e.labels)
+                # An example's first token is never predicted unpacked (nothing precedes it);
+                # packed, the previous example's last token would be trained to predict it.
+                labels[r, at] = IGNORE_INDEX
+                position_ids[r, at:at + n] = torch.arange(n)
+                at += n
+            position_ids[r, at:] = torch.arange(width - at)  # the padding is a block of its own
+        n_tokens = sum(len(e.input_ids) for e in batch)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+                "n_tokens": torch.tensor(n_tokens)}

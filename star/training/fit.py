@@ -37,7 +37,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher, _WorkerOutput
 from torch.utils.data import DataLoader, RandomSampler
 
-from star.training.data import PadCollator, SFTDataset, tokenize_rows
+from star.training.data import PackCollator, PadCollator, SFTDataset, tokenize_rows
 from star.training.module import CausalLMModule
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -198,8 +198,11 @@ def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, see
         # Lightning swaps in a DistributedSampler seeded by seed_everything (a torch.Generator
         # cannot be pickled to spawned workers).
         sampler = RandomSampler(SFTDataset(examples))
+    # Packing (trainer.packing) lays out each batch's examples end to end instead of padding them:
+    # the same examples and loss per step, less work (star/training/data.py).
+    collate = PackCollator(pad_id, trainer_cfg.max_seq_len) if trainer_cfg.packing else PadCollator(pad_id)
     loader = DataLoader(SFTDataset(examples), batch_size=trainer_cfg.batch_size, sampler=sampler,
-                        collate_fn=PadCollator(pad_id), num_workers=0)
+                        collate_fn=collate, num_workers=0)
     use_lora = bool(lora is not None and lora.enabled)
     trained = add_lora(model, lora) if use_lora else model
     module = CausalLMModule(trained, lr=trainer_cfg.lr, total_steps=steps, warmup_steps=trainer_cfg.warmup_steps,
@@ -229,6 +232,7 @@ def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, see
     setup = {"strategy": trainer_cfg.strategy, "accelerator": trainer_cfg.accelerator,
              "world_size": trainer.world_size, "num_nodes": trainer_cfg.num_nodes,
              "precision": trainer_cfg.precision, "batch_size_per_device": trainer_cfg.batch_size,
+             "packing": bool(trainer_cfg.packing),
              "activation_checkpointing": bool(trainer_cfg.activation_checkpointing),
              "lora": ({"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout,
                        "target_modules": list(lora.target_modules)} if use_lora else None)}

@@ -35,7 +35,13 @@ class CausalLMModule(L.LightningModule):
         self.n_tokens = 0
 
     def training_step(self, batch, batch_idx):
-        out = self.model(**batch)
+        batch = dict(batch)
+        # PackCollator counts real tokens itself; a padded batch's mask does.
+        n_tokens = batch.pop("n_tokens", None)
+        n_tokens = int(n_tokens if n_tokens is not None else batch["attention_mask"].sum())
+        # use_cache=False: training needs no KV cache, and with one transformers ignores packed
+        # position_ids and lets packed examples attend to each other (tests/test_packing.py).
+        out = self.model(**batch, use_cache=False)
         loss = out.loss
         if not torch.isfinite(loss.detach()):
             # Stop rather than train on garbage; the loop adds the iteration to the message.
@@ -43,7 +49,7 @@ class CausalLMModule(L.LightningModule):
                 f"training loss is {float(loss.detach())} at step {self.global_step + 1}; lower trainer.lr "
                 "(or use trainer.precision=32-true), then rerun the same command to resume")
         self.losses.append(float(loss.detach()))
-        self.n_tokens += int(batch["attention_mask"].sum())
+        self.n_tokens += n_tokens
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
