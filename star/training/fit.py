@@ -24,6 +24,7 @@ transformers model with the same class and parameter names (M(n) is a plain chec
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -39,6 +40,11 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from star.training.data import PackCollator, PadCollator, SFTDataset, tokenize_rows
 from star.training.module import CausalLMModule
+
+# Lightning announces its setup at INFO on every fit (accelerators, AMP, tips), twice over with
+# Hydra's console handler: once per iteration that is noise; its warnings still show.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 
