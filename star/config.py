@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -158,12 +158,40 @@ class TrainerConfig:
 
 
 @dataclass
+class ShardSlurmConfig:
+    # Each shard task of generator.shards (names as in hydra/launcher=slurm). partition null: the
+    # driver's own partition when it runs in a SLURM job, else the cluster's default.
+    partition: Optional[str] = None
+    timeout_min: int = 240
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: int = 4
+    mem_gb: Optional[float] = 16
+    array_parallelism: int = 16
+    # Anything else sbatch takes, e.g. {account: my-lab, qos: high}.
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=lambda: [
+        'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi'])
+    # The driver generates any shard no task has claimed after this many seconds (0: at once, from
+    # the last shard down) and so never waits on an array that cannot start.
+    takeover_after_s: float = 0.0
+    # How often the driver looks at the shard files and the queue (squeue).
+    poll_s: float = 5.0
+
+
+@dataclass
 class GeneratorConfig:
     name: str = "hf"
     batch_size: int = 16
     # Encode the shared few-shot prefix once per pass and reuse its KV cache.
     reuse_prefix: bool = True
     progress: bool = True
+    # Split each training-set pass (generate, rationalize) over worker processes on this node, one
+    # per device: N (cuda:0..N-1, or N CPU processes without a GPU) or a list ([cuda:0,cuda:2]).
+    # null: generate in the loop's process. Output is identical to one process (star/sharding.py).
+    devices: Any = None
+    # Or over a SLURM job array of this many shard tasks (0: off), with these resources.
+    shards: int = 0
+    slurm: ShardSlurmConfig = field(default_factory=ShardSlurmConfig)
 
 
 @dataclass
@@ -257,6 +285,7 @@ def validate(cfg: Any) -> None:
     need(cfg.trainer.optimizer in OPTIMIZERS, f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{cfg.trainer.optimizer}'")
     need(cfg.method.data in METHOD_DATA, f"method.data must be one of {', '.join(METHOD_DATA)}, got '{cfg.method.data}'")
     need(cfg.generator.batch_size > 0, f"generator.batch_size must be > 0, got {cfg.generator.batch_size}")
+    validate_generator_split(cfg, need)
     need(cfg.logger.mode in LOGGER_MODES, f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got '{cfg.logger.mode}'")
     need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
          f"plateau_patience must be >= 1 or null, got {cfg.plateau_patience}")
@@ -299,6 +328,37 @@ def validate_scale(cfg: Any, need) -> None:
     need(len(lora.target_modules) > 0, "model.lora.target_modules must name at least one module, e.g. [q_proj,v_proj]")
     need(cfg.checkpoint.keep in CHECKPOINT_KEEP,
          f"checkpoint.keep must be one of {', '.join(CHECKPOINT_KEEP)}, got '{cfg.checkpoint.keep}'")
+
+
+def validate_generator_split(cfg: Any, need) -> None:
+    """Checks of generator.devices / generator.shards (splitting a pass, star/sharding.py)."""
+    import shutil
+
+    g = cfg.generator
+    devices = g.devices
+    need(devices is None or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+         or (OmegaConf.is_list(devices) and len(devices) > 0 and all(isinstance(d, str) and d for d in devices)),
+         f"generator.devices must be null, a count >= 1 or a list of devices like [cuda:0,cuda:1], got {devices}")
+    need(g.shards >= 0, f"generator.shards must be >= 0 (0: no SLURM job array), got {g.shards}")
+    need(devices is None or g.shards == 0,
+         "generator.devices and generator.shards both split a pass: set one (devices: processes on this node; "
+         "shards: a SLURM job array)")
+    if devices is not None:
+        from star.sharding import check_devices, resolve_devices
+
+        problem = check_devices(resolve_devices(devices, cfg.model.device))
+        need(problem is None, str(problem))
+    if g.shards > 0:
+        need(shutil.which("sbatch") is not None and shutil.which("squeue") is not None,
+             f"generator.shards={g.shards} splits generation over a SLURM job array, but SLURM is not available "
+             "here (no sbatch/squeue on PATH); set generator.shards=0, or generator.devices=N for worker "
+             "processes on this machine")
+        s = g.slurm
+        need(s.cpus_per_task >= 1, f"generator.slurm.cpus_per_task must be >= 1, got {s.cpus_per_task}")
+        need(s.timeout_min >= 1, f"generator.slurm.timeout_min must be >= 1, got {s.timeout_min}")
+        need(s.array_parallelism >= 1, f"generator.slurm.array_parallelism must be >= 1, got {s.array_parallelism}")
+        need(s.takeover_after_s >= 0, f"generator.slurm.takeover_after_s must be >= 0, got {s.takeover_after_s}")
+        need(s.poll_s > 0, f"generator.slurm.poll_s must be > 0, got {s.poll_s}")
 
 
 def validate_task_data(cfg: Any) -> None:

@@ -28,6 +28,7 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from star import artifacts as A
+from star import sharding
 from star.evaluation import evaluate
 from star.faults import armed, crash_point
 from star.generation import build_generator
@@ -201,22 +202,14 @@ class StarLoop:
             A.write_jsonl(A.iter_dir(self.run_dir, iteration) / "generations.jsonl", [])
             return {"n_questions": len(questions), "n_correct": 0, "gen_tokens": 0, "gen_tokens_per_s": 0.0}
         ref = self.model_ref(iteration - 1)
-        model = self.model_for(ref)
-        gen = self.generator(model)
-        tokens_before = getattr(gen, "n_new_tokens", 0)
         start = time.perf_counter()
-        completions = gen.generate(
-            self.prefix(ref), [self.task.format_question(ex) for ex in questions],
-            seeds=[derive_seed(self.cfg.seed, iteration, "generate", ex.id) for ex in questions],
-            max_new_tokens=self.cfg.task.max_new_tokens, stop=self.task.stop,
-            temperature=self.cfg.sampling.temperature, top_p=self.cfg.sampling.top_p,
-            desc=f"iter {iteration} generate",
-        )
+        completions, n_tokens = self._complete(
+            iteration, "generate", ref, self.prefix(ref), [self.task.format_question(ex) for ex in questions],
+            [derive_seed(self.cfg.seed, iteration, "generate", ex.id) for ex in questions])
         seconds = time.perf_counter() - start
         crash_point(f"{iteration}/generate/after_batches")
         rows = [self._row(ex, c) for ex, c in zip(questions, completions)]
         A.write_jsonl(A.iter_dir(self.run_dir, iteration) / "generations.jsonl", rows)
-        n_tokens = getattr(gen, "n_new_tokens", 0) - tokens_before
         return {"n_questions": len(rows), "n_correct": sum(r["correct"] for r in rows),
                 "gen_tokens": n_tokens, "gen_tokens_per_s": n_tokens / seconds if seconds > 0 else 0.0}
 
@@ -237,15 +230,10 @@ class StarLoop:
             completions = [self.task.gold_rationale(ex) or "" for ex in chosen]
         elif chosen:
             ref = self.model_ref(iteration - 1)
-            gen = self.generator(self.model_for(ref))
             prefix = self.task.fewshot_prompt(hint=True) if rcfg.hinted_prompt else self.prefix(ref)
-            completions = gen.generate(
-                prefix, [self.task.format_question(ex, hint=True) for ex in chosen],
-                seeds=[derive_seed(self.cfg.seed, iteration, "rationalize", ex.id) for ex in chosen],
-                max_new_tokens=self.cfg.task.max_new_tokens, stop=self.task.stop,
-                temperature=self.cfg.sampling.temperature, top_p=self.cfg.sampling.top_p,
-                desc=f"iter {iteration} rationalize",
-            )
+            completions, _ = self._complete(
+                iteration, "rationalize", ref, prefix, [self.task.format_question(ex, hint=True) for ex in chosen],
+                [derive_seed(self.cfg.seed, iteration, "rationalize", ex.id) for ex in chosen])
         rows = []
         for ex, c in zip(chosen, completions):
             row = self._row(ex, c)
@@ -256,6 +244,34 @@ class StarLoop:
         A.write_jsonl(A.iter_dir(self.run_dir, iteration) / "rationalizations.jsonl", rows)
         return {"n_failures": len(failures), "n_attempted": len(rows), "n_correct": sum(r["correct"] for r in rows),
                 "n_hint_leaked": sum(r["hint_leaked"] for r in rows)}
+
+    def _complete(self, iteration: int, name: str, ref: ModelRef, prefix: str, prompts: list[str],
+                  seeds: list[int]) -> tuple[list[str], int]:
+        """(completions, new tokens) of one training-set pass with M(n-1): in this process, or split
+        over device processes / a SLURM job array (generator.devices / generator.shards, star/sharding.py)."""
+        kw = dict(max_new_tokens=self.cfg.task.max_new_tokens, stop=self.task.stop,
+                  temperature=self.cfg.sampling.temperature, top_p=self.cfg.sampling.top_p,
+                  desc=f"iter {iteration} {name}")
+        split = sharding.mode(self.cfg.generator)
+        if split is None:
+            gen = self.generator(self.model_for(ref))
+            tokens_before = getattr(gen, "n_new_tokens", 0)
+            completions = gen.generate(prefix, prompts, seeds=seeds, **kw)
+            return completions, getattr(gen, "n_new_tokens", 0) - tokens_before
+        g = self.cfg.generator
+        wanted = len(sharding.resolve_devices(g.devices, self.cfg.model.device)) if split == "devices" else g.shards
+        spec = sharding.PassSpec(name=name, iteration=iteration, checkpoint=ref.checkpoint,
+                                 model_stamp=self._model_stamp(iteration - 1), prefix=prefix, questions=list(prompts),
+                                 seeds=[int(s) for s in seeds], stop=list(kw.pop("stop")), batch_size=g.batch_size,
+                                 n_shards=sharding.plan_shards(len(prompts), g.batch_size, wanted), **kw)
+        return sharding.run_pass(self.run_dir, self.cfg, spec, lambda: self.generator(self.model_for(ref)))
+
+    def _model_stamp(self, iteration: int) -> str:
+        """Which M(iteration) exactly: a hash of its train marker (it holds the fit's timing, so a retrained
+        model gets a new stamp and shards generated with the old one are not reused); "base" for M0."""
+        if iteration == 0:
+            return "base"
+        return hashlib.sha256(A.marker(self.run_dir, iteration, "train").read_bytes()).hexdigest()[:16]
 
     def _row(self, ex: Example, completion: str) -> dict:
         return {"id": ex.id, "question": ex.question, "gold": ex.answer, "completion": completion,

@@ -134,6 +134,17 @@ class HFGenerator:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
+    @staticmethod
+    def _order(question_ids: Sequence[Sequence[int]]) -> list[int]:
+        return sorted(range(len(question_ids)), key=lambda i: (len(question_ids[i]), i))
+
+    def batch_order(self, questions: Sequence[str]) -> list[int]:
+        """The order generate() works through `questions` in: indices sorted by token length (ties:
+        input order); each run of batch_size consecutive indices is one batch. A caller that hands
+        generate() a contiguous run of whole batches of this order (star/sharding.py) gets exactly
+        those batches, and so exactly the completions of the whole call."""
+        return self._order([self._ids(q) for q in questions])
+
     @torch.no_grad()
     def generate(
         self,
@@ -162,7 +173,7 @@ class HFGenerator:
             prefix_cache = out.cache
 
         # Length-sorted batches waste little padding; results go back to the input order.
-        order = sorted(range(len(questions)), key=lambda i: (len(question_ids[i]), i))
+        order = self._order(question_ids)
         results: list[str] = [""] * len(questions)
         bar = tqdm(total=len(questions), desc=desc, disable=not self.progress, leave=False)
         for start in range(0, len(order), self.batch_size):
