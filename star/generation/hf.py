@@ -57,7 +57,10 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: 
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+    # The per-question generators are CPU generators (seeded the same on any device): draw on the
+    # CPU, so a GPU run samples exactly what a CPU run would from the same probabilities.
+    probs = probs.cpu()
+    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)]).to(logits.device)
 
 
 if DynamicLayer is not None:

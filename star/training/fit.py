@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ from star.training.module import CausalLMModule
 # Hydra's console handler: once per iteration that is noise; its warnings still show.
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# Under SLURM, submitit starts one process per task itself; Lightning's hint to prepend `srun` does not apply.
+warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 
