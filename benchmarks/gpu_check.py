@@ -21,6 +21,37 @@ SIX_B = ["model=gptj_tiny", "model.hidden_size=4096", "model.n_layers=28", "mode
 DRY = ["model=gptj_tiny", "trainer=cpu", "model.lora.enabled=true", "trainer.batch_size=4"]
 
 
+def prefix_reuse_passes(loop, cfg, cuda: bool) -> tuple[float, float]:
+    """Generation tokens/s with and without prefix reuse: iteration 1's generate pass (same
+    few-shot prefix, prompts and seeds) run twice more on the base model, which fine-tuning left
+    untouched (stage_train deep-copies it), reuse_prefix=True then False. Timing only."""
+    import torch
+
+    from star.generation.hf import HFGenerator
+    from star.loop import derive_seed
+
+    model, tokenizer = loop.base()
+    ref = loop.model_ref(0)
+    questions = loop.train_questions(1)
+    prompts = [loop.task.format_question(ex) for ex in questions]
+    seeds = [derive_seed(cfg.seed, 1, "generate", ex.id) for ex in questions]
+    rates = []
+    for reuse in (True, False):
+        gen = HFGenerator(model, tokenizer, batch_size=cfg.generator.batch_size, reuse_prefix=reuse, progress=False)
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        gen.generate(loop.prefix(ref), prompts, seeds=seeds, max_new_tokens=cfg.task.max_new_tokens,
+                     stop=loop.task.stop, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                     desc=f"reuse_prefix={reuse}")
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        rates.append(gen.n_new_tokens / seconds if seconds > 0 else 0.0)
+        print(f"[gpu_check] reuse_prefix={reuse}: {gen.n_new_tokens} new tokens in {seconds:.2f}s")
+    return rates[0], rates[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dry-run", action="store_true", help="gptj_tiny on CPU: checks the script, measures nothing")
@@ -63,9 +94,11 @@ def main() -> int:
     train = json.loads((run_dir / "iter_01" / "train.done").read_text())
     step_s = train["seconds"] / train["steps"] if train["steps"] else float("nan")
     peak = torch.cuda.max_memory_allocated() / 1024**3 if cuda else float("nan")
+    reuse_tps, plain_tps = prefix_reuse_passes(loop, cfg, cuda)
     device = torch.cuda.get_device_name(0) if cuda else "cpu (dry run)"
     row = (f"| {time.strftime('%Y-%m-%d %H:%M')} | {device} | {'gptj_tiny' if args.dry_run else 'GPT-J-6B-shaped'} "
            f"| {'gold' if args.gold else 'model'} | {m.get('perf/gen_tokens_per_s', 0):.1f} "
+           f"| {reuse_tps:.1f} | {plain_tps:.1f} "
            f"| {m.get('perf/train_tokens_per_s', float('nan')):.1f} | {train['steps']} | {step_s:.2f} "
            f"| {peak:.1f} | {build_s:.0f} | {total:.0f} |")
     print(row)
@@ -73,8 +106,13 @@ def main() -> int:
     if not out.exists():
         out.write_text("# GPU check: one STaR iteration (64 questions, LoRA, bf16)\n\n"
                        "Written by benchmarks/gpu_check.sh.\n\n"
-                       "| date | device | model | train data | gen tok/s | train tok/s | steps | step s "
-                       "| peak GiB | build s | total s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+                       "gen tok/s: the loop's generate stage (prefix reuse on, first pass on the GPU); "
+                       "reuse / no reuse: the same prompts, prefix and seeds again on the untouched base "
+                       "model after the loop, warm, generator.reuse_prefix true / false (timing only). "
+                       "Peak GiB is the loop's, before those two passes.\n\n"
+                       "| date | device | model | train data | gen tok/s | reuse tok/s | no-reuse tok/s "
+                       "| train tok/s | steps | step s | peak GiB | build s | total s |\n"
+                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     with out.open("a") as f:
         f.write(row + "\n")
     print(f"[gpu_check] run directory {run_dir}; appended to {out}")
