@@ -51,6 +51,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> list[dict]:
     from star.run_info import write_run_info
     from star.tracking import Tracker
     from star.training.module import NonFiniteLossError
+    from star.training.slurm import TrainingJobError
 
     write_run_info(run_dir, cfg)
     # In a sweep: one W&B run per point, named by its overrides, grouped by sweep (logger.* wins).
@@ -63,6 +64,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> list[dict]:
         raise UserError(str(e)) from None
     except NonFiniteLossError as e:
         raise UserError(f"{e}. Every finished stage is kept.") from None
+    except TrainingJobError as e:
+        raise UserError(str(e)) from None
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
             raise

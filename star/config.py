@@ -126,10 +126,32 @@ class ScheduleConfig:
 
 
 @dataclass
+class SlurmJobConfig:
+    # Resources of a SLURM job the loop submits (generator.slurm: each shard task; trainer.slurm: the
+    # training job), names as in hydra/launcher=slurm. partition null: the driver's own partition when
+    # it runs in a SLURM job, else the cluster's default. mem_gb is per node.
+    partition: Optional[str] = None
+    timeout_min: int = 240
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: int = 4
+    mem_gb: Optional[float] = 16
+    # Anything else sbatch takes, e.g. {account: my-lab, qos: high}.
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=lambda: [
+        'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi'])
+    # How often the driver looks at the job (squeue / its files).
+    poll_s: float = 5.0
+
+
+@dataclass
 class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     num_nodes: int = 1
+    # Fit as ONE SLURM job of num_nodes x devices tasks, each a Lightning rank (star/training/slurm.py):
+    # always when num_nodes > 1; slurm_launch=true takes the same path on one node. Resources: slurm.
+    slurm_launch: bool = False
+    slurm: SlurmJobConfig = field(default_factory=SlurmJobConfig)
     # auto (one device), ddp or fsdp; ddp/fsdp spawn worker processes for each fit (star/training/fit.py).
     strategy: str = "auto"
     # torch.distributed backend for ddp/fsdp: null picks nccl on GPUs, gloo on CPU.
@@ -158,24 +180,12 @@ class TrainerConfig:
 
 
 @dataclass
-class ShardSlurmConfig:
-    # Each shard task of generator.shards (names as in hydra/launcher=slurm). partition null: the
-    # driver's own partition when it runs in a SLURM job, else the cluster's default.
-    partition: Optional[str] = None
-    timeout_min: int = 240
-    gpus_per_node: Optional[int] = None
-    cpus_per_task: int = 4
-    mem_gb: Optional[float] = 16
+class ShardSlurmConfig(SlurmJobConfig):
+    # Each shard task of generator.shards (see SlurmJobConfig for the shared keys).
     array_parallelism: int = 16
-    # Anything else sbatch takes, e.g. {account: my-lab, qos: high}.
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    setup: list[str] = field(default_factory=lambda: [
-        'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi'])
     # The driver generates any shard no task has claimed after this many seconds (0: at once, from
     # the last shard down) and so never waits on an array that cannot start.
     takeover_after_s: float = 0.0
-    # How often the driver looks at the shard files and the queue (squeue).
-    poll_s: float = 5.0
 
 
 @dataclass
@@ -311,9 +321,7 @@ def validate_scale(cfg: Any, need) -> None:
     t, lora = cfg.trainer, cfg.model.lora
     need(t.strategy in STRATEGIES, f"trainer.strategy must be one of {', '.join(STRATEGIES)} "
          f"(trainer=ddp, trainer=fsdp, trainer=cpu_ddp), got '{t.strategy}'")
-    need(t.num_nodes == 1,
-         f"trainer.num_nodes={t.num_nodes}: multi-node fine-tuning is not supported yet (the STaR loop runs in one "
-         "process and spawns the fit workers on its own node); use one node with trainer.devices=N")
+    validate_slurm_training(cfg, need)
     need(t.sharding_strategy in SHARDING_STRATEGIES,
          f"trainer.sharding_strategy must be one of {', '.join(SHARDING_STRATEGIES)}, got '{t.sharding_strategy}'")
     need(t.strategy == "auto" or not t.eval_every_n_steps,
@@ -328,6 +336,36 @@ def validate_scale(cfg: Any, need) -> None:
     need(len(lora.target_modules) > 0, "model.lora.target_modules must name at least one module, e.g. [q_proj,v_proj]")
     need(cfg.checkpoint.keep in CHECKPOINT_KEEP,
          f"checkpoint.keep must be one of {', '.join(CHECKPOINT_KEEP)}, got '{cfg.checkpoint.keep}'")
+
+
+def validate_slurm_training(cfg: Any, need) -> None:
+    """Checks of trainer.num_nodes / trainer.slurm_launch (each fit as one SLURM job, star/training/slurm.py)."""
+    import shutil
+
+    t = cfg.trainer
+    need(t.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {t.num_nodes}")
+    if t.num_nodes == 1 and not t.slurm_launch:
+        return
+    what = f"trainer.num_nodes={t.num_nodes}" if t.num_nodes > 1 else "trainer.slurm_launch=true"
+    missing = [c for c in ("sbatch", "srun", "squeue") if shutil.which(c) is None]
+    need(not missing,
+         f"{what} runs each fine-tuning as a SLURM job (one task per device on every node), but SLURM is not "
+         f"available here (no {'/'.join(missing)} on PATH); run star on a SLURM cluster (a login node, or a small "
+         "driver job), or train on this node: trainer.num_nodes=1 trainer.slurm_launch=false with "
+         "trainer.devices=N")
+    devices = t.devices
+    need(isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1,
+         f"{what} needs trainer.devices as a count of devices (tasks) per node, got {devices}")
+    need(t.strategy in ("ddp", "fsdp") or (t.num_nodes == 1 and devices == 1),
+         f"{what} with {t.num_nodes * devices} processes needs trainer.strategy=ddp or fsdp "
+         f"(trainer=ddp, trainer=fsdp, trainer=cpu_ddp), got '{t.strategy}'")
+    need(not t.eval_every_n_steps,
+         f"trainer.eval_every_n_steps is not supported with {what} (the dev callback runs in the loop's "
+         "process); set trainer.eval_every_n_steps=null")
+    s = t.slurm
+    need(s.cpus_per_task >= 1, f"trainer.slurm.cpus_per_task must be >= 1, got {s.cpus_per_task}")
+    need(s.timeout_min >= 1, f"trainer.slurm.timeout_min must be >= 1, got {s.timeout_min}")
+    need(s.poll_s > 0, f"trainer.slurm.poll_s must be > 0, got {s.poll_s}")
 
 
 def validate_generator_split(cfg: Any, need) -> None:

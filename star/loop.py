@@ -38,6 +38,7 @@ from star.tasks import build_task
 from star.tasks.base import Example
 from star.tracking import Tracker
 from star.training import finetune
+from star.training import slurm as slurm_training
 from star.training.callbacks import CrashPointCallback, GenerationCallback
 from star.training.module import NonFiniteLossError
 
@@ -305,11 +306,22 @@ class StarLoop:
                     "n_direct": len(direct), "n_rationalized": len(rationalized), "steps": 0, "loss": None,
                     "train_tokens_per_s": None}
         start_ref = ModelRef(None, True) if self.cfg.method.restart_from_base else previous
+        keep_prompt = self.cfg.method.keep_prompt_in_training
+        steps = scheduled_steps(self.cfg.schedule, iteration, len(rows), self.cfg.trainer.batch_size)
+        checkpoint = f"iter_{iteration:02d}/checkpoint"
+        if slurm_training.enabled(self.cfg.trainer):
+            # One SLURM job over num_nodes x devices tasks; its rank 0 saves M(n) to `checkpoint`.
+            crash_point(f"{iteration}/train/before_fit")
+            stats = slurm_training.fit_on_slurm(
+                self.run_dir, self.cfg, iteration, start=start_ref.checkpoint, rows=rows, steps=steps,
+                seed=derive_seed(self.cfg.seed, iteration, "train"), checkpoint=checkpoint,
+                prefix=self.task.fewshot_prompt(direct=self.cfg.method.direct) if keep_prompt else "")
+            crash_point(f"{iteration}/train/after_fit")
+            self._current = None  # eval loads M(n) from the checkpoint the job wrote
+            return self._train_info(checkpoint, keep_prompt, rows, direct, rationalized, stats)
         start_model = self.base()[0] if start_ref.checkpoint is None else self.model_for(start_ref)
         model = copy.deepcopy(start_model)  # the base itself stays untouched for later iterations
         self._current = None
-        keep_prompt = self.cfg.method.keep_prompt_in_training
-        steps = scheduled_steps(self.cfg.schedule, iteration, len(rows), self.cfg.trainer.batch_size)
         callbacks = []
         if self.cfg.trainer.eval_every_n_steps:
             callbacks.append(self._generation_callback(keep_prompt))
@@ -325,18 +337,22 @@ class StarLoop:
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"iteration {iteration}: {e}") from None
         crash_point(f"{iteration}/train/after_fit")
-        checkpoint = f"iter_{iteration:02d}/checkpoint"
         save_checkpoint(model, self.base()[1], self.run_dir / checkpoint,
                         max_shard_size=self.cfg.checkpoint.max_shard_size)
-        ref = ModelRef(checkpoint, keep_prompt)
-        self._current = (ref, model)
+        self._current = (ModelRef(checkpoint, keep_prompt), model)
+        info = self._train_info(checkpoint, keep_prompt, rows, direct, rationalized, stats)
+        if self.cfg.trainer.eval_every_n_steps:
+            info["dev_curve"] = [{k: v for k, v in h.items() if k in ("step", "accuracy")} for h in callbacks[0].history]
+        return info
+
+    @staticmethod
+    def _train_info(checkpoint: str, keep_prompt: bool, rows, direct, rationalized, stats) -> dict:
+        """The train marker's contents for a fit that wrote M(n) to `checkpoint`."""
         info = {"checkpoint": checkpoint, "prompted": keep_prompt, "n_examples": len(rows),
                 "n_direct": len(direct), "n_rationalized": len(rationalized), "steps": stats.steps,
                 "loss": stats.loss, "train_tokens_per_s": stats.tokens_per_s}
         if getattr(stats, "setup", None):
             info["trainer"] = stats.setup  # strategy, world size, precision, LoRA: what actually ran
-        if self.cfg.trainer.eval_every_n_steps:
-            info["dev_curve"] = [{k: v for k, v in h.items() if k in ("step", "accuracy")} for h in callbacks[0].history]
         return info
 
     def _generation_callback(self, prompted: bool) -> GenerationCallback:

@@ -360,6 +360,26 @@ def _without_job_environment():
         os.environ.update(saved)
 
 
+def slurm_executor(folder: Path, c, job_name: str, **params: Any):
+    """A submitit SlurmExecutor for jobs with the resources of `c` (generator.slurm, trainer.slurm: partition
+    null means the driver's own partition when it runs in a SLURM job); `params` adds or overrides sbatch
+    settings (array_parallelism, nodes, ntasks_per_node, gpus_per_node). Submit inside _without_job_environment()."""
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=Path(folder) / "%j", max_num_timeout=0)
+    base: dict[str, Any] = {"job_name": job_name, "time": int(c.timeout_min), "cpus_per_task": int(c.cpus_per_task),
+                            "setup": list(c.setup), "additional_parameters": dict(c.additional_parameters)}
+    partition = c.partition or os.environ.get("SLURM_JOB_PARTITION")  # default: the driver's own
+    if partition:
+        base["partition"] = partition
+    if c.gpus_per_node:
+        base["gpus_per_node"] = int(c.gpus_per_node)
+    if c.mem_gb:
+        base["mem"] = f"{int(round(float(c.mem_gb) * 1024))}M"  # sbatch takes whole numbers only
+    ex.update_parameters(**{**base, **params})
+    return ex
+
+
 class SlurmQueue:
     """What the driver asks of SLURM: submit the array (submitit), which tasks are alive (squeue),
     cancel (scancel). Tests swap in a fake."""
@@ -370,21 +390,7 @@ class SlurmQueue:
         self.job_name = job_name
 
     def submit(self, fn: Callable, args: list[tuple]) -> list[str]:
-        import submitit
-
-        c = self.cfg
-        ex = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=0)
-        params: dict[str, Any] = {"job_name": self.job_name, "time": int(c.timeout_min),
-                                  "cpus_per_task": int(c.cpus_per_task), "array_parallelism": int(c.array_parallelism),
-                                  "setup": list(c.setup), "additional_parameters": dict(c.additional_parameters)}
-        partition = c.partition or os.environ.get("SLURM_JOB_PARTITION")  # default: the driver's own
-        if partition:
-            params["partition"] = partition
-        if c.gpus_per_node:
-            params["gpus_per_node"] = int(c.gpus_per_node)
-        if c.mem_gb:
-            params["mem"] = f"{int(round(float(c.mem_gb) * 1024))}M"  # sbatch takes whole numbers only
-        ex.update_parameters(**params)
+        ex = slurm_executor(self.folder, self.cfg, self.job_name, array_parallelism=int(self.cfg.array_parallelism))
         with _without_job_environment():
             jobs = ex.map_array(fn, *zip(*args))
         return [str(j.job_id) for j in jobs]

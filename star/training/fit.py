@@ -17,6 +17,11 @@ worker processes that run only `trainer.fit`, rank 0 gathers the full state dict
 come back into the caller's model object; generation, eval and every file stay in the one main
 process. The cost: the module (model included) is pickled to each worker once per fit.
 
+Under SLURM (`trainer.num_nodes` > 1 or `trainer.slurm_launch`, star/training/slurm.py) SLURM starts
+the processes instead: every task of one job calls finetune(..., spawn=False), the plain DDP/FSDP
+strategy takes its rank from SLURMEnvironment, and after the fit every rank joins the same gather
+the spawn launcher does (the full state dict, the token count), so rank 0 can save M(n).
+
 LoRA (`model.lora.enabled`): the model is wrapped with peft adapters for the fit, then the
 adapters are merged into the weights and removed, so the caller's model is again a plain
 transformers model with the same class and parameter names (M(n) is a plain checkpoint).
@@ -59,6 +64,8 @@ class FitStats:
     n_tokens: int
     seconds: float
     setup: dict = field(default_factory=dict)  # strategy, world size, precision, LoRA: what actually ran
+    # spawn=False under FSDP, rank 0 only: the gathered full state dict (the model object is sharded).
+    full_state_dict: dict | None = field(default=None, repr=False)
 
     @property
     def tokens_per_s(self) -> float:
@@ -126,17 +133,18 @@ def block_classes(model) -> set[type]:
     return found
 
 
-def build_strategy(trainer_cfg, model=None):
-    """The Lightning strategy for trainer.strategy (a string for `auto`, else a strategy object)."""
+def build_strategy(trainer_cfg, model=None, spawn: bool = True):
+    """The Lightning strategy for trainer.strategy (a string for `auto`, else a strategy object);
+    spawn=False: Lightning's own DDP/FSDP, for processes that SLURM started (one per rank)."""
     name = trainer_cfg.strategy
     if name == "auto":
         return "auto"
     backend = trainer_cfg.process_group_backend
     if name == "ddp":
-        return SpawnDDPStrategy(process_group_backend=backend)
+        return (SpawnDDPStrategy if spawn else DDPStrategy)(process_group_backend=backend)
     if name == "fsdp":
         blocks = block_classes(model) if model is not None else set()
-        return SpawnFSDPStrategy(
+        return (SpawnFSDPStrategy if spawn else FSDPStrategy)(
             process_group_backend=backend,
             sharding_strategy=trainer_cfg.sharding_strategy,
             auto_wrap_policy=blocks or None,
@@ -147,7 +155,8 @@ def build_strategy(trainer_cfg, model=None):
     raise ValueError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, got '{name}'")
 
 
-def build_trainer(trainer_cfg, steps: int, callbacks=(), progress: bool = True, model=None) -> L.Trainer:
+def build_trainer(trainer_cfg, steps: int, callbacks=(), progress: bool = True, model=None,
+                  spawn: bool = True) -> L.Trainer:
     # Under SLURM, submitit (hydra-submitit-launcher) owns preemption and time-outs: it requeues the
     # job and the loop resumes from its stage markers. Lightning's auto-requeue would be a second
     # owner of the same signals: keep it off.
@@ -157,7 +166,7 @@ def build_trainer(trainer_cfg, steps: int, callbacks=(), progress: bool = True, 
         accelerator=trainer_cfg.accelerator,
         devices=trainer_cfg.devices,
         num_nodes=trainer_cfg.num_nodes,
-        strategy=build_strategy(trainer_cfg, model),
+        strategy=build_strategy(trainer_cfg, model, spawn),
         precision=trainer_cfg.precision,
         gradient_clip_val=trainer_cfg.gradient_clip_val,
         logger=False,
@@ -193,8 +202,11 @@ def merge_lora(peft_model):
 
 
 def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, seed: int,
-             prefix: str = "", callbacks=(), progress: bool = True, lora: Any = None) -> FitStats:
+             prefix: str = "", callbacks=(), progress: bool = True, lora: Any = None, spawn: bool = True) -> FitStats:
     """Fine-tune `model` in place for `steps` optimizer steps over `rows` (reshuffled each pass).
+
+    spawn=False: this process is one rank of a job that SLURM started (star/training/slurm.py); every
+    rank must call it. Under FSDP rank 0 gets the weights in FitStats.full_state_dict, not in `model`.
 
     `lora` (model.lora): when enabled, only adapters train and are merged into `model` afterwards.
     """
@@ -216,7 +228,7 @@ def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, see
     trained = add_lora(model, lora) if use_lora else model
     module = CausalLMModule(trained, lr=trainer_cfg.lr, total_steps=steps, warmup_steps=trainer_cfg.warmup_steps,
                             weight_decay=trainer_cfg.weight_decay, optimizer=trainer_cfg.optimizer)
-    trainer = build_trainer(trainer_cfg, steps, callbacks, progress, model=model)
+    trainer = build_trainer(trainer_cfg, steps, callbacks, progress, model=model, spawn=spawn)
     # FSDP checkpoints its own wrapped blocks; elsewhere transformers recomputes each block.
     recompute = trainer_cfg.activation_checkpointing and trainer_cfg.strategy != "fsdp"
     if recompute:
@@ -231,6 +243,16 @@ def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, see
         if recompute:
             model.activation_checkpointing_disable()
     seconds = time.perf_counter() - start
+    full_state_dict = None
+    if not spawn and trainer_cfg.strategy != "auto":
+        # What _SpawnLauncher._collect_rank_zero_results does in its workers, on every rank.
+        total = torch.tensor(float(module.n_tokens), device=trainer.strategy.root_device)
+        module.n_tokens = int(trainer.strategy.reduce(total, reduce_op="sum"))
+        if trainer_cfg.strategy == "fsdp":  # every rank takes part in gathering the full state dict
+            state_dict = trainer.strategy.lightning_module_state_dict()
+            if trainer.global_rank == 0:
+                prefix_len = len("model.")  # CausalLMModule holds the model as .model
+                full_state_dict = {k[prefix_len:]: v.detach().cpu() for k, v in state_dict.items()}
     if use_lora:
         merged = merge_lora(trained)
         assert merged is model  # peft replaced layers inside `model`; unloading puts plain ones back
@@ -246,4 +268,4 @@ def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, see
              "lora": ({"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout,
                        "target_modules": list(lora.target_modules)} if use_lora else None)}
     return FitStats(steps=steps_done, loss=sum(tail) / len(tail) if tail else float("nan"),
-                    n_tokens=module.n_tokens, seconds=seconds, setup=setup)
+                    n_tokens=module.n_tokens, seconds=seconds, setup=setup, full_state_dict=full_state_dict)
