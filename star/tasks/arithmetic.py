@@ -54,7 +54,7 @@ from pathlib import Path
 import random
 from typing import Iterator
 
-from star.tasks.base import Example, answer_hint, answer_line, qa_question, read_prompt
+from star.tasks.base import AnswerHintQA, Example, answer_line, read_prompt
 
 SPLITS = ("train", "dev")
 STOP = "\n\n"
@@ -241,7 +241,7 @@ class _Splits:
     dev: list[Example]
 
 
-class ArithmeticTask:
+class ArithmeticTask(AnswerHintQA):
     """n-digit addition; see the module docstring for the format and the decisions."""
 
     name = "arithmetic"
@@ -326,12 +326,6 @@ class ArithmeticTask:
                 parts.append(self.format_question(ex, hint=hint) + (self.direct_completion(ex) if direct else c))
             self._fewshot[key] = "".join(parts)
         return self._fewshot[key]
-
-    def hint_text(self, example: Example) -> str:
-        return answer_hint(example.answer)
-
-    def format_question(self, example: Example, hint: bool = False) -> str:
-        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     def scratchpad(self, example: Example) -> str:
         """The gold completion (for tests and the train-on-gold-rationales option)."""

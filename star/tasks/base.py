@@ -93,6 +93,17 @@ def qa_question(question: str, hint: str = "") -> str:
     return f"Q: {question}{hint}\nA:"
 
 
+class AnswerHintQA:
+    """hint_text and format_question for a task whose questions read "Q: ...\nA:" and whose
+    rationalization hint is the gold answer itself (arithmetic, GSM8K, reasoning_gym)."""
+
+    def hint_text(self, example: Example) -> str:
+        return answer_hint(example.answer)
+
+    def format_question(self, example: Example, hint: bool = False) -> str:
+        return qa_question(example.question, self.hint_text(example) if hint else "")
+
+
 def answer_line(answer: str, stop: str) -> str:
     """The answers-only completion: " The answer is <answer>." and the stop string."""
     return f" The answer is {answer}.{stop}"

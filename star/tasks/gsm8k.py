@@ -72,7 +72,7 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
 
-from star.tasks.base import Example, answer_hint, answer_line, qa_question, read_prompt
+from star.tasks.base import AnswerHintQA, Example, answer_line, read_prompt
 from star.tasks.hf_data import DataSource, TaskDataError, load_rows, text_problem
 
 NAME = "gsm8k"
@@ -347,7 +347,7 @@ def gsm_symbolic_splits(seed: int, sizes: dict[str, int]) -> dict[str, list[Exam
     return out
 
 
-class Gsm8kTask:
+class Gsm8kTask(AnswerHintQA):
     """GSM8K; see the module docstring for the format and the decisions."""
 
     name = NAME
@@ -421,12 +421,6 @@ class Gsm8kTask:
                 self.format_question(Example(id="fewshot", question=q, answer=extract_answer(c) or ""), hint=hint) + c
                 for q, c in parse_exemplars(text))
         return self._fewshot[key]
-
-    def hint_text(self, example: Example) -> str:
-        return answer_hint(example.answer)
-
-    def format_question(self, example: Example, hint: bool = False) -> str:
-        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     # --- scoring
 

@@ -48,7 +48,7 @@ import hashlib
 import re
 from typing import Any
 
-from star.tasks.base import Example, answer_hint, answer_line, qa_question
+from star.tasks.base import AnswerHintQA, Example, answer_line
 
 NAME = "reasoning_gym"
 SPLITS = ("train", "dev")
@@ -159,7 +159,7 @@ def rationale_steps(entry: dict) -> list[str] | None:
 
 # ----------------------------------------------------------------------------- the task
 
-class ReasoningGymTask:
+class ReasoningGymTask(AnswerHintQA):
     """One reasoning_gym dataset as a star task; see the module docstring for the decisions."""
 
     name = NAME
@@ -237,12 +237,6 @@ class ReasoningGymTask:
                 parts.append(self.format_question(ex, hint=hint) + completion)
             self._fewshot[key] = "".join(parts)
         return self._fewshot[key]
-
-    def hint_text(self, example: Example) -> str:
-        return answer_hint(example.answer)
-
-    def format_question(self, example: Example, hint: bool = False) -> str:
-        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     # --- scoring
 
