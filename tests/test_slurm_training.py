@@ -17,6 +17,7 @@ import pytest
 from star.config import ConfigError, validate
 from star.training import slurm as T
 from tests.conftest import compose_config, run_star
+from tests.test_slurm_shards import sacct
 
 POINT = ["~experiment", "model=tiny", "debug=fast", "logger=none", "n_iterations=1", "trainer=cpu_ddp"]
 
@@ -101,8 +102,9 @@ def test_ddp_fit_as_one_slurm_job(slurm_cluster, tmp_path):
     assert list(ckpt.glob("*.safetensors"))
     model, _ = load_checkpoint(ckpt, device="cpu")
     assert sum(p.numel() for p in model.parameters()) > 0
-    state = slurm_cluster.run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,NTasks,AllocCPUS").stdout
-    assert state.split("|")[0].strip() == "COMPLETED", state
+    # Accounting lags the job's end by a moment: poll until slurmdbd has the final state.
+    rows = sacct(slurm_cluster, [job_id], until=lambda rows: rows and rows[0][1] not in ("RUNNING", "PENDING"))
+    assert [r[1] for r in rows] == ["COMPLETED"], rows
 
 
 @pytest.mark.slurm
