@@ -433,7 +433,7 @@ def stage_table(cfg, overrides, task, loop: dict, naive_gen: dict, n_gen: int, r
                 sample: int) -> dict:
     """Before/after per stage for iteration 1 of the loop run in run_dir (see the module docstring)."""
     from star import artifacts as A
-    from star.loop import derive_seed
+    from star.stages.context import derive_seed
 
     done = loop["done"]
     rows = []
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = ["generator.progress=false", *args.overrides]
     cfg = compose_cfg(overrides)
     task = bench_task(cfg, n)
-    from star.loop import derive_seed
+    from star.stages.context import derive_seed
 
     examples = task.load("train")[:n]
     prefix = task.fewshot_prompt(direct=cfg.method.direct)

@@ -24,15 +24,16 @@ DRY = ["model=gptj_tiny", "trainer=cpu", "model.lora.enabled=true", "trainer.bat
 def prefix_reuse_passes(loop, cfg, cuda: bool) -> tuple[float, float]:
     """Generation tokens/s with and without prefix reuse: iteration 1's generate pass (same
     few-shot prefix, prompts and seeds) run twice more on the base model, which fine-tuning left
-    untouched (stage_train deep-copies it), reuse_prefix=True then False. Timing only."""
+    untouched (the train stage deep-copies it), reuse_prefix=True then False. Timing only."""
     import torch
 
     from star.generation.hf import HFGenerator
-    from star.loop import derive_seed
+    from star.model_cache import model_ref
+    from star.stages.context import derive_seed
 
-    model, tokenizer = loop.base()
-    ref = loop.model_ref(0)
-    questions = loop.train_questions(1)
+    model, tokenizer = loop.ctx.models.base()
+    ref = model_ref(loop.run_dir, 0)
+    questions = loop.ctx.train_questions(1)
     prompts = [loop.task.format_question(ex) for ex in questions]
     seeds = [derive_seed(cfg.seed, 1, "generate", ex.id) for ex in questions]
     rates = []
@@ -41,7 +42,7 @@ def prefix_reuse_passes(loop, cfg, cuda: bool) -> tuple[float, float]:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        gen.generate(loop.prefix(ref), prompts, seeds=seeds, max_new_tokens=cfg.task.max_new_tokens,
+        gen.generate(loop.ctx.prompt_for(ref), prompts, seeds=seeds, max_new_tokens=cfg.task.max_new_tokens,
                      stop=loop.task.stop, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                      desc=f"reuse_prefix={reuse}")
         if cuda:
@@ -68,6 +69,7 @@ def main() -> int:
     from star.cli import CONF_DIR
     from star.config import register_configs, validate
     from star.loop import StarLoop
+    from star.preflight import preflight
 
     overrides = (DRY if args.dry_run else SIX_B) + [
         "task=arithmetic", "task.train_size=64", "task.dev_size=32", "task.max_new_tokens=64",
@@ -79,6 +81,7 @@ def main() -> int:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     validate(cfg)
+    preflight(cfg)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -86,7 +89,7 @@ def main() -> int:
     start = time.perf_counter()
     loop = StarLoop(cfg, run_dir)
     t0 = time.perf_counter()
-    loop.base()
+    loop.ctx.models.base()
     build_s = time.perf_counter() - t0
     history = loop.run()
     total = time.perf_counter() - start

@@ -1,11 +1,18 @@
-"""The run directory: layout, atomic writes, and stage markers.
+"""The run directory: the one place that knows its layout, plus atomic writes, stage markers,
+checkpoint retention, the run lock and the check of finished stages.
 
-Layout (one Hydra job):
+Layout (one Hydra job; DESIGN.md and the README's "Outputs and resuming"):
 
+    <run>/.hydra/config.yaml                 the composed config (written by Hydra)
     <run>/iter_00/eval.json                  few-shot baseline on dev
-    <run>/iter_NN/generations.jsonl          ... see DESIGN.md
+    <run>/iter_NN/generations.jsonl          every training question, answered by M(n-1)
+    <run>/iter_NN/rationalizations.jsonl     the retries with the hint
+    <run>/iter_NN/train.jsonl                the hint-free examples trained on
+    <run>/iter_NN/checkpoint/                M(n)
+    <run>/iter_NN/eval.json, metrics.json    dev accuracy; everything logged for the iteration
     <run>/iter_NN/<stage>.done               one marker per finished stage, written last
-    <run>/metrics.csv
+    <run>/iter_NN/shards/, slurm_train/      a pass split over workers; a fit run as a SLURM job
+    <run>/metrics.csv                        one row per iteration
 
 Every file is written to a temp file in the same directory and renamed into place,
 so a reader never sees half a file. A stage counts as finished only once its marker
@@ -23,9 +30,44 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+# Files each stage writes in iter_NN/ (besides its marker and, for train, the checkpoint).
+STAGE_FILES = {"generate": ("generations.jsonl",), "rationalize": ("rationalizations.jsonl",),
+               "train": ("train.jsonl",), "eval": ("eval.json",), "log": ("metrics.json",)}
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+
 
 def iter_dir(run_dir: Path, iteration: int) -> Path:
     return Path(run_dir) / f"iter_{iteration:02d}"
+
+
+def stage_file(run_dir: Path, iteration: int, name: str) -> Path:
+    """A file of iteration `iteration`, e.g. stage_file(run, 1, "generations.jsonl")."""
+    return iter_dir(run_dir, iteration) / name
+
+
+def checkpoint_of_iteration(iteration: int) -> str:
+    """Where M(iteration) is saved, relative to the run directory (train markers hold this form)."""
+    return f"iter_{iteration:02d}/checkpoint"
+
+
+def shards_dir(run_dir: Path, iteration: int) -> Path:
+    """Shard files of the passes of an iteration split over workers (star/sharding.py)."""
+    return iter_dir(run_dir, iteration) / "shards"
+
+
+def slurm_train_paths(run_dir: Path, iteration: int) -> tuple[Path, Path]:
+    """(submitit's folder, the file holding the job id) of a fit run as one SLURM job."""
+    d = iter_dir(run_dir, iteration)
+    return d / "slurm_train", d / "slurm_train.json"
+
+
+def hydra_config(run_dir: Path) -> Path:
+    return Path(run_dir) / HYDRA_CONFIG
+
+
+def metrics_of(run_dir: Path, iteration: int) -> Path:
+    """iter_NN/metrics.json: written by the last stage, so its presence means the iteration finished."""
+    return stage_file(run_dir, iteration, "metrics.json")
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -45,6 +87,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write `text` as UTF-8, byte for byte (no newline translation), atomically."""
     _atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -250,4 +293,34 @@ def corrupt_reason(path: Path) -> str | None:
             read_json(path)
     except (OSError, ValueError, KeyError) as e:
         return f"unreadable ({e})"
+    return None
+
+
+def stage_problem(run_dir: Path, iteration: int, stage: str) -> tuple[Path, str] | None:
+    """(path, why) for the first file a finished stage left that is missing or corrupt, or None."""
+    why = corrupt_reason(marker(run_dir, iteration, stage))
+    if why:
+        return marker(run_dir, iteration, stage), why
+    files = [stage_file(run_dir, iteration, name) for name in STAGE_FILES[stage]]
+    if stage == "train":
+        checkpoint = read_done(run_dir, iteration, "train").get("checkpoint")
+        # A checkpoint the retention policy deleted on purpose is not a fault.
+        if checkpoint and checkpoint not in retained_deletions(run_dir):
+            files.append(Path(run_dir) / checkpoint)
+    return next(((f, why) for f in files if (why := corrupt_reason(f))), None)
+
+
+def undo_from_first_corrupt_stage(run_dir: Path, order: list[tuple[int, str]]) -> tuple[int, str, Path, str] | None:
+    """Find the first finished stage (in run order) whose files are truncated or corrupt and remove its
+    marker and every later one (they were built from it), so the run redoes them. Returns (iteration,
+    stage, the bad file, why) of that stage, or None when every finished stage reads."""
+    for k, (iteration, stage) in enumerate(order):
+        if not is_done(run_dir, iteration, stage):
+            continue
+        problem = stage_problem(run_dir, iteration, stage)
+        if problem is None:
+            continue
+        for later_iteration, later_stage in order[k:]:
+            marker(run_dir, later_iteration, later_stage).unlink(missing_ok=True)
+        return iteration, stage, *problem
     return None

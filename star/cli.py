@@ -5,7 +5,10 @@
     star rationalization=off sampling.temperature=0.7 n_iterations=3
     star hydra.run.dir=outputs/my_run       # rerun the same command to resume it
 
-User errors (a bad value, a missing model) print one line naming the fix and exit 2.
+User errors (a key the chosen option does not read, a bad value, a missing model) print one
+message naming the fix and exit 2, before anything is written: the config is composed (Hydra),
+checked (star/config.py: pure) and pre-flighted (star/preflight.py: data, model, memory, devices)
+before the run directory's lock is taken.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from star.config import ConfigError, register_configs
+from star.config import ConfigError, check_option_keys, describe_config_error, inactive_settings, register_configs, validate
 
 register_configs()
 
@@ -46,7 +52,7 @@ def _wandb_names(run_dir: Path) -> tuple[str, str | None]:
 
 def _run_locked(cfg: DictConfig, run_dir: Path) -> list[dict]:
     """The run itself, once the run directory's lock is held."""
-    from star.loop import StarLoop, config_to_dict
+    from star.loop import StarLoop
     from star.models import ModelNotFoundError
     from star.run_info import write_run_info
     from star.tracking import Tracker
@@ -57,7 +63,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> list[dict]:
     # In a sweep: one W&B run per point, named by its overrides, grouped by sweep (logger.* wins).
     run_name, group = _wandb_names(run_dir)
     logger_cfg = cfg.logger if cfg.logger.group or not group else OmegaConf.merge(cfg.logger, {"group": group})
-    tracker = Tracker(run_dir, logger_cfg, config_to_dict(cfg), run_name=cfg.logger.name or run_name)
+    tracker = Tracker(run_dir, logger_cfg, OmegaConf.to_container(cfg, resolve=True), run_name=cfg.logger.name or run_name)
     try:
         return StarLoop(cfg, run_dir, tracker=tracker).run()
     except ModelNotFoundError as e:
@@ -78,13 +84,17 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> list[dict]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
-    """Validate, then run (or resume) the STaR loop in run_dir; return per-iteration metrics."""
+    """Check, then run (or resume) the STaR loop in run_dir; return per-iteration metrics."""
     from star.artifacts import RunLock, RunLockedError
-    from star.config import validate
+    from star.preflight import preflight
     from star.report import iteration_table
 
     try:
+        check_option_keys(cfg)
         validate(cfg)
+        if unread := inactive_settings(cfg):
+            print(f"[star] note: these settings have no effect here: {'; '.join(unread)}")
+        preflight(cfg)
     except ConfigError as e:
         raise UserError(str(e)) from None
     try:
@@ -107,6 +117,21 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+@contextmanager
+def _hydra_errors_raised():
+    """Hydra prints a composition error itself and exits 1, unless HYDRA_FULL_ERROR is set, in which case
+    it raises it (documented Hydra behaviour); set it so main() can say which option reads a key."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
 def _run_dir_problem(argv: list[str]) -> str | None:
     """Hydra creates the run directory before our code runs, and fails with a traceback when it
     cannot: check an explicit hydra.run.dir first."""
@@ -125,7 +150,21 @@ def main() -> None:
     if problem:
         print(f"star: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    _hydra_main()
+    try:
+        with _hydra_errors_raised():
+            _hydra_main()
+    except HydraException as e:
+        # Composing the config failed (Hydra wraps every composition error in its own exceptions; a run's
+        # own failure is never one): an unknown option, a key the chosen option does not read, a wrong type.
+        message = describe_config_error(e) or _compact(e)
+        print(f"star: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _compact(e: BaseException) -> str:
+    """Hydra's own message for a composition error, with the OmegaConf error behind it."""
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+    return str(e).strip() + (f"\n{str(cause).strip()}" if cause is not None and str(cause) not in str(e) else "")
 
 
 if __name__ == "__main__":

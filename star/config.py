@@ -1,79 +1,45 @@
-"""Typed config schemas, registered in Hydra's ConfigStore.
+"""Typed config schemas, registered in Hydra's ConfigStore, and the pure checks of a composed config.
 
-conf/config.yaml lists `star_schema` first in its defaults, so every group file is
-merged onto these dataclasses: an unknown key (`task.digitz=3`) or a wrong type
-(`n_iterations=abc`) fails when the config is composed, not an hour into a job.
-Range checks that a type cannot express live in `validate()`, which the CLI calls
-before any model is loaded.
+conf/config.yaml lists `star_schema` (StarConfig) first in its defaults, so every group file is
+merged onto a dataclass: an unknown key (`task.digitz=3`) or a wrong type (`n_iterations=abc`)
+fails when the config is composed, not an hour into a job.
+
+Options own their keys. The task, model and generator groups have one schema per option, declared
+next to the option's code (star/tasks/<task>.py, star/models.py, star/generation/) and registered
+here as `schema/<group>/<name>`; each option's YAML starts from its schema
+(`defaults: [/schema/task/arithmetic@_here_, _self_]`). So a key the chosen option does not read
+(`model.name_or_path` without `model=hf`) fails at compose time, and `describe_config_error` turns
+that failure into one line naming the option that reads the key. The other groups' options are
+presets of one schema each (trainer=gpu and trainer=cpu set the same keys); a key of a feature that
+is switched off stays allowed, so sweeps can cross it, and `inactive_settings` names it.
+
+Everything here is pure: no file, model, device or PATH is looked at (that is star/preflight.py).
+
+    register_configs()                 # before composing (the CLI and tests do this)
+    check_option_keys(cfg)             # keys added with "+" that the chosen option does not read
+    validate(cfg)                      # ranges and choices the types cannot express
+    inactive_settings(cfg)             # ["rationalization.p_rationalization=0.5 (rationalization.enabled=false)"]
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from star.generation import GeneratorConfig, generator_config_classes
+from star.models import MODELS, LoraConfig, ModelConfig, model_config_classes
+from star.slurm import SlurmJobConfig
+from star.tasks import TASKS, task_config_classes
+from star.tasks.base import TaskConfig
 
 
-@dataclass
-class DataFilesConfig:
-    train: Optional[str] = None
-    dev: Optional[str] = None
-
-
-@dataclass
-class TaskConfig:
-    name: str = MISSING
-    # Arithmetic: the operand digit counts to draw from (paper: 1-5).
-    digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    # Size of the training pool (N) and of the dev split.
-    train_size: int = 1000
-    dev_size: int = 100
-    # Sample k of the N training questions each iteration (null: all of them).
-    sample_per_iteration: Optional[int] = None
-    # File-backed tasks read local files here (json, jsonl, parquet) when offline.
-    data_files: DataFilesConfig = field(default_factory=DataFilesConfig)
-    # File-backed tasks: the `datasets` hub id (and config name) read when data_files are not set.
-    hub_id: Optional[str] = None
-    hub_config: Optional[str] = None
-    # Longest completion the generator may write for this task.
-    max_new_tokens: int = 128
-    # gsm8k: where problems come from: hub_or_files (data_files, else the hub) or gsm_symbolic
-    # (generated offline from the GSM-Symbolic templates, via reasoning_gym, from the seed).
-    source: str = "hub_or_files"
-    # reasoning_gym: the dataset name and the keyword arguments its config takes.
-    dataset: Optional[str] = None
-    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class LoraConfig:
-    # Train low-rank adapters (peft) instead of every weight; merged into M(n) after each fit.
-    enabled: bool = False
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    # Module names to adapt (GPT-J and Llama both name their attention projections q_proj/v_proj).
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    # HF hub id or local directory; ignored by builders that make their own model (tiny).
-    name_or_path: Optional[str] = None
-    # Tiny random model dimensions (model=tiny only).
-    hidden_size: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    # Where converted checkpoints are cached (embedded default model).
-    cache_dir: Optional[str] = None
-    dtype: str = "float32"
-    # Where the model lives for generation and eval: auto (the GPU when one is visible), cpu, cuda.
-    device: str = "auto"
-    lora: LoraConfig = field(default_factory=LoraConfig)
-
+# Where a method's training examples come from (method.data).
+METHOD_DATA = ("generated", "gold")
 
 @dataclass
 class MethodConfig:
@@ -113,6 +79,11 @@ class SamplingConfig:
     top_p: float = 1.0
 
 
+SCHEDULE_MODES = ("exponential", "linear", "epoch")
+# The keys each schedule mode reads (the others have no effect).
+SCHEDULE_KEYS = {"exponential": ("base_steps", "growth"), "linear": ("base_steps", "increment"),
+                 "epoch": ("base_epochs", "epoch_growth")}
+
 @dataclass
 class ScheduleConfig:
     # exponential: base_steps * (1 + growth)^(n-1); linear: base_steps + increment*(n-1);
@@ -125,23 +96,9 @@ class ScheduleConfig:
     epoch_growth: float = 0.2
 
 
-@dataclass
-class SlurmJobConfig:
-    # Resources of a SLURM job the loop submits (generator.slurm: each shard task; trainer.slurm: the
-    # training job), names as in hydra/launcher=slurm. partition null: the driver's own partition when
-    # it runs in a SLURM job, else the cluster's default. mem_gb is per node.
-    partition: Optional[str] = None
-    timeout_min: int = 240
-    gpus_per_node: Optional[int] = None
-    cpus_per_task: int = 4
-    mem_gb: Optional[float] = 16
-    # Anything else sbatch takes, e.g. {account: my-lab, qos: high}.
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    setup: list[str] = field(default_factory=lambda: [
-        'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi'])
-    # How often the driver looks at the job (squeue / its files).
-    poll_s: float = 5.0
-
+STRATEGIES = ("auto", "ddp", "fsdp")  # star/training/fit.py builds them
+SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
+OPTIMIZERS = ("adam", "adamw")
 
 @dataclass
 class TrainerConfig:
@@ -164,45 +121,22 @@ class TrainerConfig:
     # Refuse, before loading anything, a setup whose estimated memory exceeds the device's.
     memory_check: bool = True
     precision: str = "32-true"
-    lr: float = 1e-5
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    gradient_clip_val: float = 1.0
     batch_size: int = 8
     max_seq_len: int = 1024
     # Pack each batch's examples end to end into rows of at most max_seq_len tokens (no padding
     # work; per-example positions and a block-diagonal mask, so no cross-example attention).
     packing: bool = True
+    optimizer: str = "adamw"
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    gradient_clip_val: float = 1.0
     # Evaluate on `callback_dev_size` dev questions every N training steps (null: never).
     eval_every_n_steps: Optional[int] = None
     callback_dev_size: int = 16
 
 
-@dataclass
-class ShardSlurmConfig(SlurmJobConfig):
-    # Each shard task of generator.shards (see SlurmJobConfig for the shared keys).
-    array_parallelism: int = 16
-    # The driver generates any shard no task has claimed after this many seconds (0: at once, from
-    # the last shard down) and so never waits on an array that cannot start.
-    takeover_after_s: float = 0.0
-
-
-@dataclass
-class GeneratorConfig:
-    name: str = "hf"
-    batch_size: int = 16
-    # Encode the shared few-shot prefix once per pass and reuse its KV cache.
-    reuse_prefix: bool = True
-    progress: bool = True
-    # Split each training-set pass (generate, rationalize) over worker processes on this node, one
-    # per device: N (cuda:0..N-1, or N CPU processes without a GPU) or a list ([cuda:0,cuda:2]).
-    # null: generate in the loop's process. Output is identical to one process (star/sharding.py).
-    devices: Any = None
-    # Or over a SLURM job array of this many shard tasks (0: off), with these resources.
-    shards: int = 0
-    slurm: ShardSlurmConfig = field(default_factory=ShardSlurmConfig)
-
+LOGGER_MODES = ("offline", "online", "disabled")
 
 @dataclass
 class LoggerConfig:
@@ -216,6 +150,8 @@ class LoggerConfig:
     name: Optional[str] = None
     n_samples: int = 8
 
+
+CHECKPOINT_KEEP = ("last_and_best", "all")
 
 @dataclass
 class CheckpointConfig:
@@ -235,38 +171,143 @@ class StarConfig:
     plateau_min_delta: float = 0.0
     # Print the per-iteration table at the end of a run.
     print_table: bool = True
-    task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # The task, model and generator options bring their own schemas (subclasses of these; module docstring).
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
     method: MethodConfig = field(default_factory=MethodConfig)
     rationalization: RationalizationConfig = field(default_factory=RationalizationConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
+def option_schemas() -> dict[str, dict[str, type]]:
+    """group -> option name -> schema, for the groups whose options own their keys."""
+    return {"task": task_config_classes(), "model": model_config_classes(), "generator": generator_config_classes()}
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="star_schema", node=StarConfig)
+    store = ConfigStore.instance()
+    store.store(name="star_schema", node=StarConfig)
+    for group, schemas in option_schemas().items():
+        for name, schema in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=schema)
 
 
 class ConfigError(ValueError):
     """A user error in the config: the message names the problem and the fix."""
 
 
-SCHEDULE_MODES = ("exponential", "linear", "epoch")
-OPTIMIZERS = ("adam", "adamw")
-LOGGER_MODES = ("offline", "online", "disabled")
-METHOD_DATA = ("generated", "gold")
-STRATEGIES = ("auto", "ddp", "fsdp")  # star/training/fit.py builds them
-SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
-CHECKPOINT_KEEP = ("last_and_best", "all")
 
+
+# ----------------------------------------------------------------------------- keys and their owners
+
+def _fields(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def unknown_key_message(full_key: str, schema: type | None) -> str:
+    """One line for a key the chosen option does not read: the option(s) that do read it, or its keys."""
+    group, _, key = full_key.partition(".")
+    options = option_schemas().get(group, {})
+    if options and key and "." not in key:
+        chosen = "/".join(name for name, s in options.items() if s is schema) or "?"
+        owners = [name for name, s in options.items() if key in _fields(s)]
+        if owners:
+            also = f" (also {', '.join(f'{group}={o}' for o in owners[1:])})" if len(owners) > 1 else ""
+            return (f"{full_key} is not read by {group}={chosen}; {group}={owners[0]} reads it{also}: "
+                    f"add {group}={owners[0]}, or drop {full_key}")
+        where = f"{group}={chosen}"
+    else:
+        where = full_key.rpartition(".")[0] or "the config"
+    keys = ", ".join(_fields(schema)) if schema is not None and dataclasses.is_dataclass(schema) else "?"
+    return f"{full_key} is not a key of {where} (its keys: {keys}); check the spelling"
+
+
+def _omegaconf_error(exc: BaseException) -> OmegaConfBaseException | None:
+    """The OmegaConf error behind a Hydra composition error (Hydra chains it as cause or context)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def describe_config_error(exc: BaseException) -> str | None:
+    """One line for a composition error about a key (unknown to the chosen option, or of the wrong type);
+    None for any other error (the caller shows Hydra's own message)."""
+    e = _omegaconf_error(exc)
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        return unknown_key_message(e.full_key, e.object_type)
+    if isinstance(e, ValidationError):
+        return f"{e.full_key}: {str(e.msg).splitlines()[0]}"
+    return None
+
+
+def check_option_keys(cfg: Any) -> None:
+    """Keys added with "+" (Hydra lets them into typed nodes) that the node's schema does not have."""
+    for full_key, schema in _extra_keys(cfg, ""):
+        raise ConfigError(unknown_key_message(full_key, schema))
+
+
+def _extra_keys(node: Any, path: str):
+    schema = OmegaConf.get_type(node)
+    names = set(_fields(schema)) if dataclasses.is_dataclass(schema) else None
+    for key in node:
+        full_key = f"{path}{key}"
+        if names is not None and key not in names:
+            yield full_key, schema
+        elif not OmegaConf.is_missing(node, key) and OmegaConf.is_dict(child := node[key]):
+            yield from _extra_keys(child, f"{full_key}.")
+
+
+# ----------------------------------------------------------------------------- settings without effect
+
+def inactive_settings(cfg: Any) -> list[str]:
+    """Settings changed from their schema default that the chosen options never read, each with the
+    setting that switches it off: allowed (a sweep may cross them), but worth one printed line."""
+    schedule_keys = dict.fromkeys(key for keys in SCHEDULE_KEYS.values() for key in keys)
+    schedule_unread = tuple(k for k in schedule_keys if k not in SCHEDULE_KEYS.get(cfg.schedule.mode, ()))
+    slurm_fit = cfg.trainer.num_nodes > 1 or cfg.trainer.slurm_launch
+    rules = [
+        (not cfg.rationalization.enabled, "rationalization", RationalizationConfig,
+         ("p_rationalization", "hinted_prompt", "gold_oracle"), "rationalization.enabled=false"),
+        (cfg.sampling.temperature == 0, "sampling", SamplingConfig, ("top_p",), "sampling.temperature=0, greedy"),
+        (True, "schedule", ScheduleConfig, schedule_unread, f"schedule.mode={cfg.schedule.mode}"),
+        (not cfg.model.lora.enabled, "model.lora", LoraConfig, ("r", "alpha", "dropout", "target_modules"),
+         "model.lora.enabled=false"),
+        (cfg.trainer.strategy != "fsdp", "trainer", TrainerConfig, ("sharding_strategy", "cpu_offload"),
+         f"trainer.strategy={cfg.trainer.strategy}"),
+        (not slurm_fit, "trainer", TrainerConfig, ("slurm",), "trainer.num_nodes=1, trainer.slurm_launch=false"),
+        (cfg.generator.shards == 0, "generator", GeneratorConfig, ("slurm",), "generator.shards=0"),
+    ]
+    out = []
+    for off, path, schema, keys, why in rules:
+        if not off:
+            continue
+        node, default = OmegaConf.select(cfg, path), OmegaConf.structured(schema)
+        for key in keys:
+            value, usual = node[key], default[key]
+            if OmegaConf.is_config(value):
+                value, usual = OmegaConf.to_container(value), OmegaConf.to_container(usual)
+            if value != usual:
+                shown = str(value).lower() if isinstance(value, bool) else value
+                out.append(f"{path}.{key}={shown} ({why})")
+    return out
+
+
+# ----------------------------------------------------------------------------- range checks
 
 def validate(cfg: Any) -> None:
-    """Range and choice checks the dataclass types cannot express. Raises ConfigError."""
-    from star.tasks import TASKS  # local: keep config import light
+    """Range and choice checks the dataclass types cannot express. Pure. Raises ConfigError."""
 
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -274,14 +315,8 @@ def validate(cfg: Any) -> None:
 
     need(cfg.task.name in TASKS, f"unknown task '{cfg.task.name}'; choose one of: {', '.join(sorted(TASKS))} (task=NAME)")
     need(cfg.n_iterations >= 0, f"n_iterations must be >= 0 (0 runs only the few-shot baseline), got {cfg.n_iterations}")
-    need(cfg.task.train_size > 0, f"task.train_size must be > 0, got {cfg.task.train_size}")
-    need(cfg.task.dev_size > 0, f"task.dev_size must be > 0, got {cfg.task.dev_size}")
-    need(len(cfg.task.digits) > 0 and all(d >= 1 for d in cfg.task.digits),
-         f"task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got {list(cfg.task.digits)}")
-    k = cfg.task.sample_per_iteration
-    need(k is None or 0 < k <= cfg.task.train_size,
-         f"task.sample_per_iteration must be in 1..task.train_size ({cfg.task.train_size}) or null, got {k}")
-    need(cfg.task.max_new_tokens > 0, f"task.max_new_tokens must be > 0, got {cfg.task.max_new_tokens}")
+    for problem in OmegaConf.to_object(cfg.task).problems():
+        need(False, problem)
     need(cfg.sampling.temperature >= 0, f"sampling.temperature must be >= 0 (0 = greedy), got {cfg.sampling.temperature}")
     need(0 < cfg.sampling.top_p <= 1, f"sampling.top_p must be in (0, 1], got {cfg.sampling.top_p}")
     p = cfg.rationalization.p_rationalization
@@ -300,20 +335,8 @@ def validate(cfg: Any) -> None:
     need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
          f"plateau_patience must be >= 1 or null, got {cfg.plateau_patience}")
     validate_scale(cfg, need)
-    from star.models import MODEL_BUILDERS, ModelNotFoundError, check_model_available
-
-    need(cfg.model.name in MODEL_BUILDERS,
-         f"unknown model '{cfg.model.name}'; choose one of: {', '.join(sorted(MODEL_BUILDERS))} (model=NAME)")
-    if cfg.trainer.memory_check:
-        # Before the model path is resolved or anything loads: a setup that cannot fit fails now.
-        from star.memory import check_fits
-
-        check_fits(cfg)
-    try:
-        check_model_available(cfg.model)
-    except ModelNotFoundError as e:
-        raise ConfigError(str(e)) from None
-    validate_task_data(cfg)
+    need(cfg.model.name in MODELS,
+         f"unknown model '{cfg.model.name}'; choose one of: {', '.join(sorted(MODELS))} (model=NAME)")
 
 
 def validate_scale(cfg: Any, need) -> None:
@@ -338,21 +361,20 @@ def validate_scale(cfg: Any, need) -> None:
          f"checkpoint.keep must be one of {', '.join(CHECKPOINT_KEEP)}, got '{cfg.checkpoint.keep}'")
 
 
+def slurm_training_label(trainer_cfg: Any) -> str | None:
+    """How the config asks for each fit as one SLURM job ("trainer.num_nodes=2"), or None when it does not."""
+    if trainer_cfg.num_nodes > 1:
+        return f"trainer.num_nodes={trainer_cfg.num_nodes}"
+    return "trainer.slurm_launch=true" if trainer_cfg.slurm_launch else None
+
+
 def validate_slurm_training(cfg: Any, need) -> None:
     """Checks of trainer.num_nodes / trainer.slurm_launch (each fit as one SLURM job, star/training/slurm.py)."""
-    import shutil
-
     t = cfg.trainer
     need(t.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {t.num_nodes}")
-    if t.num_nodes == 1 and not t.slurm_launch:
+    what = slurm_training_label(t)
+    if what is None:
         return
-    what = f"trainer.num_nodes={t.num_nodes}" if t.num_nodes > 1 else "trainer.slurm_launch=true"
-    missing = [c for c in ("sbatch", "srun", "squeue") if shutil.which(c) is None]
-    need(not missing,
-         f"{what} runs each fine-tuning as a SLURM job (one task per device on every node), but SLURM is not "
-         f"available here (no {'/'.join(missing)} on PATH); run star on a SLURM cluster (a login node, or a small "
-         "driver job), or train on this node: trainer.num_nodes=1 trainer.slurm_launch=false with "
-         "trainer.devices=N")
     devices = t.devices
     need(isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1,
          f"{what} needs trainer.devices as a count of devices (tasks) per node, got {devices}")
@@ -370,8 +392,6 @@ def validate_slurm_training(cfg: Any, need) -> None:
 
 def validate_generator_split(cfg: Any, need) -> None:
     """Checks of generator.devices / generator.shards (splitting a pass, star/sharding.py)."""
-    import shutil
-
     g = cfg.generator
     devices = g.devices
     need(devices is None or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
@@ -381,39 +401,10 @@ def validate_generator_split(cfg: Any, need) -> None:
     need(devices is None or g.shards == 0,
          "generator.devices and generator.shards both split a pass: set one (devices: processes on this node; "
          "shards: a SLURM job array)")
-    if devices is not None:
-        from star.sharding import check_devices, resolve_devices
-
-        problem = check_devices(resolve_devices(devices, cfg.model.device))
-        need(problem is None, str(problem))
     if g.shards > 0:
-        need(shutil.which("sbatch") is not None and shutil.which("squeue") is not None,
-             f"generator.shards={g.shards} splits generation over a SLURM job array, but SLURM is not available "
-             "here (no sbatch/squeue on PATH); set generator.shards=0, or generator.devices=N for worker "
-             "processes on this machine")
         s = g.slurm
         need(s.cpus_per_task >= 1, f"generator.slurm.cpus_per_task must be >= 1, got {s.cpus_per_task}")
         need(s.timeout_min >= 1, f"generator.slurm.timeout_min must be >= 1, got {s.timeout_min}")
         need(s.array_parallelism >= 1, f"generator.slurm.array_parallelism must be >= 1, got {s.array_parallelism}")
         need(s.takeover_after_s >= 0, f"generator.slurm.takeover_after_s must be >= 0, got {s.takeover_after_s}")
         need(s.poll_s > 0, f"generator.slurm.poll_s must be > 0, got {s.poll_s}")
-
-
-def validate_task_data(cfg: Any) -> None:
-    """Build the task and read both splits and the prompt: bad data fails before any model loads.
-
-    Tasks raise ValueError for problems in their config or data (too few problems for the
-    requested size, a malformed row, an empty prompt file); here that becomes a ConfigError.
-    """
-    from star.tasks import build_task
-
-    try:
-        task = build_task(cfg.task, seed=cfg.seed)
-        train = task.load("train")
-        task.load("dev")
-        task.fewshot_prompt(direct=cfg.method.direct)
-    except (ValueError, OSError) as e:
-        raise ConfigError(str(e)) from None
-    if cfg.method.data == "gold" and not cfg.method.direct and train and task.gold_rationale(train[0]) is None:
-        raise ConfigError(f"method.data=gold with rationales needs gold rationales, and task {cfg.task.name} has "
-                          "none; set method.direct=true (method=direct_finetune) to train on the answers only")

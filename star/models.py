@@ -9,7 +9,8 @@ Usage:
     save_checkpoint(model, tokenizer, "runs/x/iter_1")
     model, tokenizer = load_checkpoint("runs/x/iter_1", dtype="float32")
 
-`cfg.model.name` picks a builder from MODEL_BUILDERS:
+`cfg.model.name` picks an entry of MODELS (its builder, its config schema, its dimensions for the
+memory estimate):
 
   tiny          a tiny randomly initialised Llama with a character-level tokenizer, built
                 in-process (no files, no network): for tests and smoke runs.
@@ -23,20 +24,26 @@ Usage:
 Every returned model is in eval mode with use_cache on; every tokenizer pads on the left
 (generation appends on the right, so prompts must end flush) and has a pad token.
 
-torch and transformers are imported inside functions so that `from star.models import
-MODEL_BUILDERS` (the config validator does this) stays cheap.
+Each option's keys are declared here, next to its builder (ModelConfig holds what every option
+reads; TinyModelConfig, HFModelConfig, SmolLM2Config add their own), so `model.name_or_path` without
+`model=hf` fails when the config is composed. torch and transformers are imported inside functions
+so that importing this module (the config schemas do) stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import string
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+from omegaconf import MISSING
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -49,6 +56,56 @@ CACHE_MARKER = ".star-complete"
 
 TINY_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 TINY_MAX_POSITIONS = 4096  # the CQA few-shot prefix is ~2.5k characters
+
+
+# ----------------------------------------------------------------------------- config schemas
+
+
+@dataclass
+class LoraConfig:
+    # Train low-rank adapters (peft) instead of every weight; merged into M(n) after each fit.
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # Module names to adapt (GPT-J and Llama both name their attention projections q_proj/v_proj).
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class ModelConfig:
+    """The keys every model option reads."""
+
+    name: str = MISSING
+    dtype: str = "float32"
+    # Where the model lives for generation and eval: auto (the GPU when one is visible), cpu, cuda.
+    device: str = "auto"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class TinyModelConfig(ModelConfig):
+    """model=tiny, model=gptj_tiny: a tiny randomly initialized model of these dimensions."""
+
+    hidden_size: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+
+
+@dataclass
+class HFModelConfig(ModelConfig):
+    """model=hf (and gptj_6b): any transformers causal LM."""
+
+    # HF hub id or local directory.
+    name_or_path: Optional[str] = None
+
+
+@dataclass
+class SmolLM2Config(ModelConfig):
+    """model=smollm2_135m: the embedded default."""
+
+    # Where the converted checkpoint is cached (null: $STAR_CACHE_DIR, else ~/.cache/star).
+    cache_dir: Optional[str] = None
 
 
 class ModelNotFoundError(ValueError):
@@ -337,21 +394,81 @@ def _build_smollm2(model_cfg: Any, seed: int):
 
 # ----------------------------------------------------------------------------- public API
 
-MODEL_BUILDERS: dict[str, Callable[[Any, int], tuple]] = {
-    "tiny": _build_tiny,
-    "gptj_tiny": _build_gptj_tiny,
-    "hf": _build_hf,
-    "smollm2_135m": _build_smollm2,
+# ----------------------------------------------------------------------------- the registry
+
+# config.json dimensions of the hub ids the project names, so the memory estimate works offline.
+KNOWN_HUB_MODELS: dict[str, dict] = {
+    "EleutherAI/gpt-j-6b": {"model_type": "gptj", "vocab_size": 50400, "n_embd": 4096, "n_layer": 28,
+                            "n_head": 16, "n_inner": None, "n_positions": 2048},
+    "HuggingFaceTB/SmolLM2-135M-Instruct": {
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
+        "tie_word_embeddings": True},
 }
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _tiny_dims(model_cfg: Any, model_type: str) -> dict:
+    """The config.json-style dims of tiny (Llama) / gptj_tiny, as _build_tiny / _build_gptj_tiny make them."""
+    hidden, vocab = model_cfg.hidden_size, len(TINY_SPECIAL_TOKENS) + len(string.printable)
+    if model_type == "gptj":
+        return {"model_type": "gptj", "vocab_size": vocab, "n_embd": hidden, "n_layer": model_cfg.n_layers,
+                "n_head": model_cfg.n_heads, "n_inner": 4 * hidden}
+    return {"model_type": "llama", "vocab_size": vocab, "hidden_size": hidden,
+            "num_hidden_layers": model_cfg.n_layers, "num_attention_heads": model_cfg.n_heads,
+            "num_key_value_heads": model_cfg.n_heads, "intermediate_size": 2 * hidden, "tie_word_embeddings": False}
+
+
+def _hf_dims(model_cfg: Any) -> dict | None:
+    """A local checkpoint's config.json, or a known hub id's dims; None when unknown offline."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(model_cfg) and OmegaConf.is_missing(model_cfg, "name_or_path"):
+        return None
+    name = model_cfg.name_or_path
+    if not name:
+        return None
+    local = Path(os.path.expanduser(name)) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    return KNOWN_HUB_MODELS.get(name)
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """One model option: how to build it, the keys it reads, and its dims without loading it."""
+
+    build: Callable[[Any, int], tuple]           # (model_cfg, seed) -> (model, tokenizer)
+    config_class: type                           # its config schema (a ModelConfig)
+    dims: Callable[[Any], Optional[dict]]        # config.json-style dims, or None when unknown
+
+
+MODELS: dict[str, ModelOption] = {
+    "tiny": ModelOption(_build_tiny, TinyModelConfig, lambda c: _tiny_dims(c, "llama")),
+    "gptj_tiny": ModelOption(_build_gptj_tiny, TinyModelConfig, lambda c: _tiny_dims(c, "gptj")),
+    "hf": ModelOption(_build_hf, HFModelConfig, _hf_dims),
+    "smollm2_135m": ModelOption(_build_smollm2, SmolLM2Config, lambda c: KNOWN_HUB_MODELS[SMOLLM2_ID]),
+}
+
+
+def model_config_classes() -> dict[str, type]:
+    """Model option name -> its config schema (registered in Hydra's ConfigStore by star/config.py)."""
+    return {name: option.config_class for name, option in MODELS.items()}
+
+
+def architecture(model_cfg: Any) -> dict | None:
+    """The configured model's config.json-style dims, without loading it (None when unknown)."""
+    option = MODELS.get(model_cfg.name)
+    return None if option is None else option.dims(model_cfg)
 
 
 def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
     """(model, tokenizer) for `model_cfg.name`; see the module docstring for the choices."""
-    builder = MODEL_BUILDERS.get(model_cfg.name)
-    if builder is None:
-        raise ValueError(f"unknown model '{model_cfg.name}'; choose one of: {', '.join(MODEL_BUILDERS)} (model=NAME)")
+    option = MODELS.get(model_cfg.name)
+    if option is None:
+        raise ValueError(f"unknown model '{model_cfg.name}'; choose one of: {', '.join(MODELS)} (model=NAME)")
     _torch_dtype(model_cfg.dtype)  # fail on a bad dtype before any slow loading
-    return builder(model_cfg, seed)
+    return option.build(model_cfg, seed)
 
 
 def save_checkpoint(model, tokenizer, path, max_shard_size: str | int = "2GB") -> Path:

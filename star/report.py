@@ -17,7 +17,8 @@ Written to --out (default: `report/` inside the first PATH):
     runs.csv        one row per run: the values the summary averages
     accuracy.png    dev accuracy vs iteration, one line per run
     train_data.png  training data used (direct + rationalized, stacked) vs iteration
-    per_digit.png   arithmetic only: dev accuracy per digit count x iteration, one heat map per run
+    per_class.png   dev accuracy per class (arithmetic: digit count) x iteration, one heat map per run,
+                    for tasks with two or more classes
 
 Runs are grouped when their composed configs are equal except for the seed (and logging keys).
 """
@@ -34,6 +35,8 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from star import artifacts as A
 
 # ------------------------------------------------------------------ the per-iteration table
 
@@ -165,6 +168,8 @@ class Run:
         n = self.n_iterations
         if n is not None and len(self.history) >= n + 1:
             return "done"
+        from star.loop import plateaued  # the loop's own rule; local: the loop imports the training stack
+
         accs = [h.get("eval/accuracy") for h in self.history]
         if None not in accs and plateaued(accs, self.get("plateau_patience"), self.get("plateau_min_delta") or 0.0):
             return "done"
@@ -201,13 +206,6 @@ class Run:
         return self.last["iteration"] if self.last else None
 
 
-def plateaued(accs: list[float], patience: int | None, min_delta: float = 0.0) -> bool:
-    """The loop's stopping rule: no gain over the best earlier accuracy within `patience` iterations."""
-    if patience is None or len(accs) <= patience:
-        return False
-    return max(accs[-patience:]) <= max(accs[:-patience]) + min_delta
-
-
 def method_label(name: str | None, rationalization: bool | None = None) -> str:
     """The paper's row label for a method.name ("star" splits on rationalization.enabled);
     names the paper has no row for are shown as they are."""
@@ -217,7 +215,7 @@ def method_label(name: str | None, rationalization: bool | None = None) -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "config.yaml").is_file() and (path / "iter_00").is_dir()
+    return A.hydra_config(path).is_file() and A.iter_dir(path, 0).is_dir()
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -251,13 +249,13 @@ def read_run(path: Path) -> Run:
     import yaml
 
     path = Path(path)
-    cfg_file = path / ".hydra" / "config.yaml"
+    cfg_file = A.hydra_config(path)
     try:
         config = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ReportError(f"cannot read {cfg_file}: {e}") from None
     history = []
-    while (metrics := path / f"iter_{len(history):02d}" / "metrics.json").is_file():
+    while (metrics := A.metrics_of(path, len(history))).is_file():
         try:
             history.append(json.loads(metrics.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as e:
@@ -598,10 +596,11 @@ def plot_train_data(groups: list[Group], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_per_digit(groups: list[Group], path: Path) -> bool:
-    """Arithmetic: dev accuracy (%) per digit count (rows) x iteration (columns), annotated, one
-    heat map per run (per group above MAX_PANELS runs). False (nothing written) without arithmetic runs."""
-    panels = _panels(groups, lambda r: r.task == "arithmetic" and r.history)
+def plot_per_class(groups: list[Group], path: Path) -> bool:
+    """Dev accuracy (%) per class (rows: the task's classes, e.g. the digit count for arithmetic) x
+    iteration (columns), annotated, one heat map per run (per group above MAX_PANELS runs), for runs
+    whose task splits dev into two or more classes. False (nothing written) when no run does."""
+    panels = _panels(groups, lambda r: len(_classes(r.history)) > 1)
     if not panels:
         return False
     plt = _pyplot()
@@ -627,9 +626,9 @@ def plot_per_digit(groups: list[Group], path: Path) -> bool:
                         color="white" if v < 60 else "black")
         ax.set_xticks(range(panel.n_finished))
         ax.set_yticks(range(len(classes)), classes)
-        ax.set(xlabel="iteration", ylabel="digits")
+        ax.set(xlabel="iteration", ylabel="class")
         ax.set_title(_wrap(panel.title), fontsize=7)
-    fig.suptitle("Dev accuracy (%) by digit count", fontsize=10)
+    fig.suptitle("Dev accuracy (%) by class (eval/accuracy/<class>; arithmetic: digit count)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.9, 0.95))
     cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
     fig.colorbar(image, cax=cax, label="accuracy (%)")
@@ -657,8 +656,8 @@ def write_report(paths: list[Path], out: Path | None = None, plots: bool = True)
         plot_train_data(groups, out / "train_data.png")
         written["accuracy.png"] = out / "accuracy.png"
         written["train_data.png"] = out / "train_data.png"
-        if plot_per_digit(groups, out / "per_digit.png"):
-            written["per_digit.png"] = out / "per_digit.png"
+        if plot_per_class(groups, out / "per_class.png"):
+            written["per_class.png"] = out / "per_class.png"
     (out / "report.csv").write_text(_csv(rows, list(rows[0])), encoding="utf-8")
     (out / "runs.csv").write_text(_csv(run_rows(groups), RUN_COLUMNS), encoding="utf-8")
     (out / "report.md").write_text(markdown_report(groups, rows, list(written)) + "\n", encoding="utf-8")

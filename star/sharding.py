@@ -46,22 +46,18 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from star import artifacts as A
-
-PASSES = ("generate", "rationalize")
-# squeue states in which a task that holds a claim is (still) working on it.
-RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "RESIZING", "SIGNALING"})
+# RUNNING_STATES: squeue states in which a task that holds a claim is (still) working on it.
+from star.slurm import RUNNING_STATES, SlurmQueue
 
 
 # ----------------------------------------------------------------------------- what to run
@@ -303,7 +299,7 @@ def run_devices(run_dir: Path, cfg_dict: dict, spec: PassSpec, devices: list[str
 
 # ----------------------------------------------------------------------------- many nodes: a SLURM job array
 
-def _write_exclusive(path: Path, record: dict) -> bool:
+def write_exclusive(path: Path, record: dict) -> bool:
     """Create `path` holding `record`, only if it does not exist (link(2) of a complete temp file:
     no reader ever sees it half written). True when this call created it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -338,77 +334,12 @@ def slurm_task(run_dir: str, cfg: dict, name: str, iteration: int, k: int) -> st
     if k >= spec.n_shards or read_shard(run, spec, k) is not None:
         return f"shard {k}: nothing to do"
     path = claim_path(run, iteration, name, k)
-    if not _write_exclusive(path, me):
+    if not write_exclusive(path, me):
         owner = read_claim(path) or {}
         if owner.get("job_id") != job_id:  # not this very task before a requeue
             return f"shard {k}: claimed by {owner.get('worker')}"
     shard_worker(run_dir, cfg, name, iteration, k, worker=me["worker"])
     return f"shard {k}: done"
-
-
-@contextmanager
-def _without_job_environment():
-    """sbatch from inside a SLURM job (the driver) would pass the driver's SLURM_* variables to the
-    shard tasks, where srun reads them (a driver's SLURM_MEM_PER_CPU against a task's --mem is a
-    fatal srun error): hide them, except SLURM_CONF, while submitting."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("SLURM_") and k != "SLURM_CONF"}
-    for k in saved:
-        del os.environ[k]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def slurm_executor(folder: Path, c, job_name: str, **params: Any):
-    """A submitit SlurmExecutor for jobs with the resources of `c` (generator.slurm, trainer.slurm: partition
-    null means the driver's own partition when it runs in a SLURM job); `params` adds or overrides sbatch
-    settings (array_parallelism, nodes, ntasks_per_node, gpus_per_node). Submit inside _without_job_environment()."""
-    import submitit
-
-    ex = submitit.SlurmExecutor(folder=Path(folder) / "%j", max_num_timeout=0)
-    base: dict[str, Any] = {"job_name": job_name, "time": int(c.timeout_min), "cpus_per_task": int(c.cpus_per_task),
-                            "setup": list(c.setup), "additional_parameters": dict(c.additional_parameters)}
-    partition = c.partition or os.environ.get("SLURM_JOB_PARTITION")  # default: the driver's own
-    if partition:
-        base["partition"] = partition
-    if c.gpus_per_node:
-        base["gpus_per_node"] = int(c.gpus_per_node)
-    if c.mem_gb:
-        base["mem"] = f"{int(round(float(c.mem_gb) * 1024))}M"  # sbatch takes whole numbers only
-    ex.update_parameters(**{**base, **params})
-    return ex
-
-
-class SlurmQueue:
-    """What the driver asks of SLURM: submit the array (submitit), which tasks are alive (squeue),
-    cancel (scancel). Tests swap in a fake."""
-
-    def __init__(self, folder: Path, slurm_cfg, job_name: str):
-        self.folder = Path(folder)
-        self.cfg = slurm_cfg
-        self.job_name = job_name
-
-    def submit(self, fn: Callable, args: list[tuple]) -> list[str]:
-        ex = slurm_executor(self.folder, self.cfg, self.job_name, array_parallelism=int(self.cfg.array_parallelism))
-        with _without_job_environment():
-            jobs = ex.map_array(fn, *zip(*args))
-        return [str(j.job_id) for j in jobs]
-
-    def states(self) -> dict[str, str] | None:
-        """job id -> state of every alive job of this user (array tasks one by one); None when squeue fails."""
-        try:
-            proc = subprocess.run(["squeue", "-h", "-r", "-u", str(os.getuid()), "-o", "%i|%T"],
-                                  capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if proc.returncode != 0:
-            return None
-        return dict(line.split("|", 1) for line in proc.stdout.split() if "|" in line)
-
-    def cancel(self, job_ids: list[str]) -> None:
-        if job_ids:
-            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
 
 
 _DRIVER_TOKEN = uuid.uuid4().hex[:8]
@@ -471,7 +402,7 @@ def run_slurm(run_dir: Path, cfg_dict: dict, spec: PassSpec, slurm_cfg, local_ge
             if claim is None:
                 task_alive = any(j in alive for j, kk in jobs.items() if kk == k) or not known
                 if (not task_alive or time.monotonic() - submitted >= slurm_cfg.takeover_after_s) \
-                        and _write_exclusive(path, me):
+                        and write_exclusive(path, me):
                     take(k, path, replace=False)
                     acted = True
                     break

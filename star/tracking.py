@@ -61,9 +61,10 @@ import secrets
 import string
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from star import artifacts as A
 
 RUN_ID_FILE = "wandb_run_id.txt"
 METRICS_CSV = "metrics.csv"
@@ -82,21 +83,6 @@ _WANDB_ENV_DIRS = {
 # wandb names a part offline-run-YYYYMMDD_HHMMSS-<id>, plus -N when the name is taken
 # (two parts of one run started within the same second).
 _OFFLINE_DIR_RE = re.compile(r"^offline-run-(\d{8}_\d{6})-(.+)$")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temp file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv_cell(value: Any) -> str:
@@ -167,7 +153,7 @@ class Tracker:
                 return run_id
         # Same shape as wandb's own ids: 8 lowercase letters and digits.
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        _write_atomic(path, run_id + "\n")
+        A.write_text(path, run_id + "\n")
         return run_id
 
     def _start_wandb(self, config: dict, run_name: str | None) -> None:
@@ -259,7 +245,7 @@ class Tracker:
         writer.writeheader()
         for iteration in sorted(self._rows):
             writer.writerow({"iteration": iteration, **self._rows[iteration]})
-        _write_atomic(self.run_dir / METRICS_CSV, buf.getvalue())
+        A.write_text(self.run_dir / METRICS_CSV, buf.getvalue())
 
     def finish(self, exit_code: int | None = None) -> None:
         """Close the W&B run (if any) and restore the environment. Safe to call twice."""

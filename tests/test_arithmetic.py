@@ -9,9 +9,11 @@ from importlib import resources
 from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 
 from star.tasks import build_task
 from star.tasks.arithmetic import (
+    ArithmeticConfig,
     ArithmeticTask,
     extract_answer,
     faithfulness_error,
@@ -109,8 +111,8 @@ def test_large_pools_rejection_sampling_never_repeats():
     # 3+ digit pools are rejection-sampled; 5000 draws from 810,000 pairs would almost
     # surely repeat one (p ~ 1 - e^-15) if duplicates were not rejected.
     from itertools import islice
-    from star.tasks.arithmetic import _pair_stream
-    drawn = list(islice(_pair_stream(3, random.Random("dup")), 5000))
+    from star.tasks.arithmetic import pair_stream
+    drawn = list(islice(pair_stream(3, random.Random("dup")), 5000))
     assert len(set(drawn)) == 5000
     assert all(100 <= a <= 999 and 100 <= b <= 999 for a, b in drawn)
 
@@ -150,6 +152,22 @@ def test_unsupported_split_raises(split):
 def test_bad_digits_raise(digits):
     with pytest.raises(ValueError, match="digits"):
         ArithmeticTask(digits=digits, train_size=1, dev_size=1, seed=0)
+
+
+@pytest.mark.parametrize("overrides,problems", [
+    ({}, []),
+    ({"digits": [3]}, []),
+    ({"digits": [0]}, ["task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got [0]"]),
+    ({"digits": []}, ["task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got []"]),
+    ({"digits": [1, -2]}, ["task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got [1, -2]"]),
+    ({"digits": [0], "dev_size": 0},  # the common checks come first
+     ["task.dev_size must be > 0, got 0",
+      "task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got [0]"]),
+])
+def test_config_range_checks(overrides, problems):
+    cfg = OmegaConf.merge(OmegaConf.structured(ArithmeticConfig), {"name": "arithmetic", **overrides})
+    assert OmegaConf.to_object(cfg).problems() == problems
+    assert ArithmeticTask.config_class is ArithmeticConfig
 
 
 # ----------------------------------------------------------------------------- answers

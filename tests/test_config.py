@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from star.cli import CONF_DIR
-from star.config import ConfigError, validate
+from star.config import ConfigError, describe_config_error, inactive_settings, validate
+from star.preflight import preflight
 from tests.conftest import REPO, compose_config
 
 GROUPS = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
@@ -37,6 +39,12 @@ def required_for(group: str, option: str) -> list[str]:
     return []
 
 
+def check(cfg) -> None:
+    """What the CLI runs before loading anything: the pure checks, then the pre-flight."""
+    validate(cfg)
+    preflight(cfg)
+
+
 def test_groups_present():
     for group in ("task", "model", "method", "rationalization", "sampling", "schedule", "trainer",
                   "generator", "logger", "debug", "experiment"):
@@ -46,12 +54,12 @@ def test_groups_present():
 @pytest.mark.parametrize("group,option", list(group_options()))
 def test_every_option_composes_and_validates(group, option):
     cfg = compose_config([f"{group}={option}", *required_for(group, option)])
-    validate(cfg)
+    check(cfg)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, o in group_options() if g != "debug"])
 def test_every_option_composes_with_debug_fast(group, option):
-    validate(compose_config([f"{group}={option}", "debug=fast", *required_for(group, option)]))
+    check(compose_config([f"{group}={option}", "debug=fast", *required_for(group, option)]))
 
 
 def test_experiment_names_follow_task_model_variant():
@@ -74,10 +82,58 @@ def test_each_option_sets_its_group():
 def test_documented_keys_exist():
     cfg = compose_config(["seed=3", "n_iterations=0", "sampling.temperature=0.7", "sampling.top_p=0.9",
                           "rationalization.enabled=false", "rationalization.p_rationalization=0.5",
-                          "schedule.mode=linear", "task.digits=[1,2]", "task.data_files.train=a.jsonl",
-                          "task.data_files.dev=b.jsonl", "model.name_or_path=/x"])
+                          "schedule.mode=linear", "task.digits=[1,2]"])
     assert cfg.seed == 3 and cfg.n_iterations == 0 and cfg.sampling.temperature == 0.7
-    assert list(cfg.task.digits) == [1, 2] and cfg.task.data_files.train == "a.jsonl"
+    assert list(cfg.task.digits) == [1, 2]
+    cqa = compose_config(["task=cqa", "task.data_files.train=a.jsonl", "task.data_files.dev=b.jsonl"])
+    assert cqa.task.data_files.train == "a.jsonl"
+    assert compose_config(["model=hf", "model.name_or_path=/x"]).model.name_or_path == "/x"
+
+
+# Each option owns its keys, for every group: (overrides, the error naming who reads the key, or None
+# when it composes; the settings reported as having no effect).
+OPTION_KEYS = [
+    (["task=cqa", "task.digits=[1,2]"], "task.digits is not read by task=cqa; task=arithmetic reads it", []),
+    (["task=arithmetic", "task.hub_id=x"], "task=cqa reads it (also task=gsm8k)", []),
+    (["task=reasoning_gym", "task.source=gsm_symbolic"], "task=gsm8k reads it", []),
+    (["task=gsm8k", "debug=fast"], None, []),
+    (["task.digitz=3"], "task.digitz is not a key of task=arithmetic", []),
+    (["model.name_or_path=/x"], "model.name_or_path is not read by model=smollm2_135m; model=hf reads it: add model=hf",
+     []),
+    (["model=hf", "model.name_or_path=x", "model.hidden_size=8"], "model=tiny reads it (also model=gptj_tiny)", []),
+    (["model=tiny", "model.cache_dir=/tmp"], "model=smollm2_135m reads it", []),
+    (["model=tiny", "model.lora.r=4"], None, ["model.lora.r=4 (model.lora.enabled=false)"]),
+    (["method.restart=false"], "method.restart is not a key of method", []),
+    (["rationalization=off", "rationalization.p_rationalization=0.5"], None,
+     ["rationalization.p_rationalization=0.5 (rationalization.enabled=false)"]),
+    (["sampling.top_p=0.9"], None, ["sampling.top_p=0.9 (sampling.temperature=0, greedy)"]),
+    (["schedule=linear", "schedule.increment=5"], None, ["schedule.growth=-0.5 (schedule.mode=linear)"]),
+    (["~experiment", "schedule=epoch"], None, []),
+    (["trainer.sharding_strategy=NO_SHARD"], None, ["trainer.sharding_strategy=NO_SHARD (trainer.strategy=auto)"]),
+    (["trainer=fsdp", "trainer.sharding_strategy=NO_SHARD"], None, []),
+    (["generator.slurm.cpus_per_task=2"], None, ["generator.slurm="]),
+    (["logger.projekt=x"], "logger.projekt is not a key of logger", []),
+    (["checkpoint.keep=all"], None, []),
+    (["experiment=cqa_gptj_star"], None, []),
+    (["debug_task=fast_arithmetic"], None, []),
+    (["hydra/launcher=slurm", "hydra.launcher.partition=debug"], None, []),
+]
+
+
+@pytest.mark.parametrize("overrides,error,unread", OPTION_KEYS, ids=[" ".join(o) for o, _, _ in OPTION_KEYS])
+def test_each_option_owns_its_keys(overrides, error, unread):
+    if error is not None:
+        with pytest.raises(ConfigCompositionException) as e:
+            compose_config(overrides)
+        assert error in describe_config_error(e.value)
+        return
+    notes = inactive_settings(compose_config(overrides))
+    assert len(notes) == len(unread) and all(any(n.startswith(u) for n in notes) for u in unread), notes
+
+
+def test_the_option_key_table_covers_every_group():
+    covered = {re.split(r"[./=]", o.lstrip("~+"))[0] for overrides, _, _ in OPTION_KEYS for o in overrides}
+    assert set(GROUPS) <= covered, set(GROUPS) - covered
 
 
 def test_typo_fails_at_compose():
@@ -132,5 +188,5 @@ BAD_VALUES = [
 def test_bad_values_rejected_with_the_key_named(override, needle):
     cfg = compose_config(["~experiment", override])  # plain group defaults: the needles assume their sizes
     with pytest.raises(ConfigError) as e:
-        validate(cfg)
+        check(cfg)
     assert needle in str(e.value)

@@ -14,7 +14,7 @@ import pytest
 
 from star.tasks import build_task
 from star.tasks.base import Example, Task
-from star.tasks.cqa import STOP, CqaTask, _example, choice_of, extract_answer, parse_exemplars
+from star.tasks.cqa import STOP, CqaTask, choice_of, extract_answer, parse_exemplars, row_example
 
 DATA = Path(__file__).parent / "data"
 LABELS = DATA / "verifier_labels" / "cqa.jsonl"
@@ -128,8 +128,8 @@ def rates(rows: list[dict]) -> tuple[float, float, int, int]:
     task = make()
     pos = [r for r in rows if r["label"]]
     neg = [r for r in rows if not r["label"]]
-    fn = sum(not task.is_correct(_example(r["example"]), r["completion"]) for r in pos)
-    fp = sum(task.is_correct(_example(r["example"]), r["completion"]) for r in neg)
+    fn = sum(not task.is_correct(row_example(r["example"]), r["completion"]) for r in pos)
+    fp = sum(task.is_correct(row_example(r["example"]), r["completion"]) for r in neg)
     return fn / len(pos), fp / len(neg), len(pos), len(neg)
 
 
@@ -141,7 +141,7 @@ def test_labelled_set_shape():
     for r in rows:
         assert set(r) == {"id", "example", "completion", "label", "split"}
         assert isinstance(r["label"], bool)
-        _example(r["example"])  # the example is a valid hub row
+        row_example(r["example"])  # the example is a valid hub row
 
 
 def test_holdout_rates_stay_at_or_below_the_reported_ones():

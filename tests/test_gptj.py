@@ -8,11 +8,12 @@ import json
 
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from star.generation.hf import HFGenerator
 from star.models import load_model_and_tokenizer
 from star.training import finetune
-from star.training.fit import SpawnDDPStrategy, SpawnFSDPStrategy, block_classes, build_strategy
+from star.training.fit import block_classes, build_strategy
 from tests.conftest import compose_config, run_star
 
 PREFIX = "Q: 1 + 2\nA: 3\n\nQ: 4 + 4\nA: 8\n\n"
@@ -80,12 +81,12 @@ def test_strategy_objects(gptj):
     _, model, _ = gptj
     assert {c.__name__ for c in block_classes(model)} == {"GPTJBlock"}
     fsdp = build_strategy(compose_config(["model=gptj_tiny", "trainer=fsdp"]).trainer, model)
-    assert isinstance(fsdp, SpawnFSDPStrategy)
+    assert isinstance(fsdp, FSDPStrategy)
     policy = fsdp._activation_checkpointing_kwargs["auto_wrap_policy"]  # checkpointing: per GPTJBlock
     assert {c.__name__ for c in policy._module_classes} == {"GPTJBlock"}
     assert {c.__name__ for c in fsdp.kwargs["auto_wrap_policy"]._module_classes} == {"GPTJBlock"}
     ddp = build_strategy(compose_config(["trainer=cpu_ddp"]).trainer)
-    assert isinstance(ddp, SpawnDDPStrategy) and ddp._process_group_backend == "gloo"
+    assert isinstance(ddp, DDPStrategy) and ddp.process_group_backend == "gloo"
     assert build_strategy(compose_config(["trainer=cpu"]).trainer) == "auto"
 
 

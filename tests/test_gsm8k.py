@@ -18,13 +18,13 @@ from star.tasks.base import Example, Task
 from star.tasks.gsm8k import (
     STOP,
     Gsm8kTask,
-    _example,
     canonical,
     extract_answer,
     gold_number,
     gold_rationale_for,
     parse_exemplars,
     parse_number,
+    row_example,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -165,8 +165,8 @@ def rates(rows: list[dict]) -> tuple[float, float, int, int]:
     task = make()
     pos = [r for r in rows if r["label"]]
     neg = [r for r in rows if not r["label"]]
-    fn = sum(not task.is_correct(_example(r["example"], r["id"]), r["completion"]) for r in pos)
-    fp = sum(task.is_correct(_example(r["example"], r["id"]), r["completion"]) for r in neg)
+    fn = sum(not task.is_correct(row_example(r["example"], r["id"]), r["completion"]) for r in pos)
+    fp = sum(task.is_correct(row_example(r["example"], r["id"]), r["completion"]) for r in neg)
     return fn / len(pos), fp / len(neg), len(pos), len(neg)
 
 

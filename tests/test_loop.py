@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 
 from star import artifacts as A
-from star.loop import StarLoop, derive_seed, scheduled_steps
+from star.loop import StarLoop
+from star.model_cache import model_ref
+from star.stages.context import derive_seed
+from star.stages.train import scheduled_steps
 from star.tasks.arithmetic import scratchpad_for
 from star.training import finetune
 from tests.conftest import compose_config
@@ -134,7 +136,7 @@ def test_every_iteration_finetunes_the_original_base(tmp_path):
 
     loop, _ = make_loop(tmp_path, ["n_iterations=3"], finetune_fn=watching_finetune)
     loop.run()
-    base = fingerprint(loop.base()[0])
+    base = fingerprint(loop.ctx.models.base()[0])
     assert len(starts) == 3
     assert starts == [base] * 3, "fine-tuning must start from the base weights every iteration"
     assert all(e != base for e in ends), "fine-tuning should change the weights"
@@ -180,7 +182,7 @@ def test_iteration_that_keeps_nothing_skips_training(tmp_path):
         assert (d / "train.jsonl").exists() and A.read_jsonl(d / "train.jsonl") == []
         assert not (d / "checkpoint").exists()
         assert history[n]["data/n_examples"] == 0 and history[n]["train/steps"] == 0
-        assert loop.model_ref(n).checkpoint is None and loop.model_ref(n).prompted
+        assert model_ref(loop.run_dir, n).checkpoint is None and model_ref(loop.run_dir, n).prompted
 
 
 def test_sample_per_iteration(tmp_path):
@@ -189,7 +191,7 @@ def test_sample_per_iteration(tmp_path):
     ids = [[r["id"] for r in A.read_jsonl(A.iter_dir(loop.run_dir, n) / "generations.jsonl")] for n in (1, 2)]
     assert len(ids[0]) == len(ids[1]) == 10
     assert ids[0] != ids[1], "each iteration samples its own subset"
-    assert ids[0] == [ex.id for ex in loop.train_questions(1)]
+    assert ids[0] == [ex.id for ex in loop.ctx.train_questions(1)]
 
 
 @pytest.mark.parametrize("mode,n,n_examples,batch,expected", [
@@ -310,9 +312,10 @@ def test_direct_finetune_trains_on_every_gold_answer(tmp_path):
 
 
 def test_gold_rationales_need_a_task_that_has_them():
-    from star.config import ConfigError, validate
+    from star.config import ConfigError
+    from star.preflight import preflight
 
     data = [f"task.data_files.{s}=tests/data/cqa/{s}.jsonl" for s in ("train", "dev")]
     cfg = compose_config(["task=cqa", *data, "method=direct_finetune", "method.direct=false"])
     with pytest.raises(ConfigError, match="method.direct=true"):
-        validate(cfg)
+        preflight(cfg)  # the data is read there, not in the pure checks

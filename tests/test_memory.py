@@ -9,10 +9,17 @@ import pytest
 
 from star import memory as M
 from star.config import ConfigError, validate
-from star.models import load_model_and_tokenizer
+from star.models import KNOWN_HUB_MODELS, load_model_and_tokenizer
+from star.preflight import preflight
 from tests.conftest import compose_config
 
 GIB = 1024**3
+
+
+def check(cfg) -> None:
+    """What the CLI runs before loading anything: the pure checks, then the pre-flight (memory among them)."""
+    validate(cfg)
+    preflight(cfg)
 GPTJ_6B_PARAMS = 6_050_882_784  # EleutherAI/gpt-j-6b, as transformers counts it
 
 
@@ -29,7 +36,7 @@ def test_tiny_counts_match_the_built_models(model):
 
 
 def test_local_config_json_is_read(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(M.KNOWN_MODELS["EleutherAI/gpt-j-6b"]))
+    (tmp_path / "config.json").write_text(json.dumps(KNOWN_HUB_MODELS["EleutherAI/gpt-j-6b"]))
     cfg = compose_config(["model=hf", f"model.name_or_path={tmp_path}"])
     assert M.arch_of(cfg.model).n_params == GPTJ_6B_PARAMS
     assert M.arch_of(compose_config(["model=hf", "model.name_or_path=some-org/unknown"]).model) is None
@@ -71,9 +78,9 @@ def test_lora_fsdp_and_checkpointing_reduce_the_estimate():
 def test_full_finetune_of_gptj_6b_is_refused_on_a_24_gib_cpu(monkeypatch):
     monkeypatch.setattr(M, "host_available_bytes", lambda: 24 * GIB)
     checked = []
-    monkeypatch.setattr("star.models.check_model_available", lambda m: checked.append(m))
+    monkeypatch.setattr("star.preflight.check_model_available", lambda m: checked.append(m))
     with pytest.raises(ConfigError) as err:
-        validate(compose_config(["model=gptj_6b", "trainer=cpu"]))
+        check(compose_config(["model=gptj_6b", "trainer=cpu"]))
     msg = str(err.value)
     assert "GiB" in msg and "24.0 GiB available" in msg and "Fix:" in msg
     assert "LoRA" in msg or "FSDP" in msg or "batch_size" in msg
@@ -83,18 +90,18 @@ def test_full_finetune_of_gptj_6b_is_refused_on_a_24_gib_cpu(monkeypatch):
 def test_fix_suggestions_name_what_fits(monkeypatch):
     monkeypatch.setattr(M, "gpu_memory_bytes", lambda: 40 * GIB)  # an A100-40GB
     with pytest.raises(ConfigError) as err:
-        validate(compose_config(["model=gptj_6b", "trainer=gpu"]))
+        check(compose_config(["model=gptj_6b", "trainer=gpu"]))
     assert "model.lora.enabled=true" in str(err.value) and "trainer=fsdp" in str(err.value)
-    validate(compose_config(["model=gptj_6b", "trainer=gpu", "model.lora.enabled=true",
+    check(compose_config(["model=gptj_6b", "trainer=gpu", "model.lora.enabled=true",
                              "trainer.activation_checkpointing=true"]))
 
 
 def test_gpu_setups_are_not_checked_without_a_gpu(monkeypatch):
     monkeypatch.setattr(M, "gpu_memory_bytes", lambda: None)
-    validate(compose_config(["model=gptj_6b", "trainer=fsdp"]))
+    check(compose_config(["model=gptj_6b", "trainer=fsdp"]))
 
 
 def test_gptj_tiny_passes_and_escape_hatch(monkeypatch):
-    validate(compose_config(["model=gptj_tiny", "trainer=cpu_ddp"]))
+    check(compose_config(["model=gptj_tiny", "trainer=cpu_ddp"]))
     monkeypatch.setattr(M, "host_available_bytes", lambda: 1 * GIB)
-    validate(compose_config(["model=gptj_6b", "trainer=cpu", "trainer.memory_check=false"]))
+    check(compose_config(["model=gptj_6b", "trainer=cpu", "trainer.memory_check=false"]))

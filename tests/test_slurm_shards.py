@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from star import sharding as S
+from star.slurm import final_states
 from tests.conftest import run_star
 from tests.test_cli import deterministic_files
 from tests.test_slurm import job_logs
@@ -41,17 +42,6 @@ def workers(run: Path) -> list[str]:
     return [S.read_shard(run, spec, k)[0]["worker"] for k in range(spec.n_shards)]
 
 
-def sacct(cluster, job_ids: list[str], until=None, timeout: float = 60) -> list[tuple[str, str, str]]:
-    """(JobID, State, Elapsed) of each job, polled until `until(rows)` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        out = cluster.run("sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,Elapsed").stdout
-        rows = [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
-        if until is None or until(rows) or time.monotonic() > deadline:
-            return rows
-        time.sleep(1)
-
-
 @pytest.mark.slurm
 def test_array_tasks_generate_the_shards(slurm_cluster, reference, tmp_path):
     """The driver (a plain process here) leaves both shards to the array (takeover_after_s=120) and
@@ -65,7 +55,7 @@ def test_array_tasks_generate_the_shards(slurm_cluster, reference, tmp_path):
     jobs = json.loads((run / "iter_01" / "shards" / "generate.jobs.json").read_text())
     assert sorted(jobs.values()) == [0, 1]
     assert workers(run) == [f"slurm job {j}" for j in sorted(jobs, key=jobs.get)], "each task wrote its own shard"
-    rows = sacct(slurm_cluster, list(jobs), until=lambda rows: all(r[1] == "COMPLETED" for r in rows))
+    rows = final_states(list(jobs))
     assert sorted(r[1] for r in rows) == ["COMPLETED", "COMPLETED"], rows
 
 
@@ -88,7 +78,7 @@ def test_driver_that_holds_the_node_does_every_shard(slurm_cluster, reference, t
     assert all(w.startswith("driver pid") for w in workers(run)), workers(run)
     jobs = json.loads((run / "iter_01" / "shards" / "generate.jobs.json").read_text())
     arrays = sorted({j.split("_")[0] for j in jobs})  # a never-started array is one record: <id>_[0-1%2]
-    rows = sacct(slurm_cluster, arrays, until=lambda rows: rows and all(r[1].startswith("CANCELLED") for r in rows))
+    rows = final_states(arrays)
     assert rows and all(state.startswith("CANCELLED") and elapsed == "00:00:00" for _, state, elapsed in rows), \
         f"the shard tasks were cancelled without ever starting: {rows}"
     task_logs = list((run / "iter_01" / "shards" / "slurm").rglob("*_log.*"))

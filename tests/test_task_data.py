@@ -11,10 +11,14 @@ from pathlib import Path
 import datasets
 import pytest
 
+from omegaconf import OmegaConf
+
 from star.config import ConfigError, validate
-from star.tasks.cqa import CqaTask
-from star.tasks.gsm8k import Gsm8kTask
-from star.tasks.hf_data import MAX_REPORTED, TaskDataError
+from star.preflight import check_task_data
+from star.tasks.cqa import SOURCE as CQA_SOURCE
+from star.tasks.cqa import CqaConfig, CqaTask
+from star.tasks.gsm8k import Gsm8kConfig, Gsm8kTask
+from star.tasks.hf_data import MAX_REPORTED, TaskDataError, data_files_of
 from tests.conftest import compose_config, run_star
 
 DATA = Path(__file__).parent / "data"
@@ -277,6 +281,7 @@ def test_config_with_local_files_validates(task):
     train, dev = fixture_files(task)
     cfg = compose_config([f"task={task}", f"task.data_files.train={train}", f"task.data_files.dev={dev}"])
     validate(cfg)
+    check_task_data(cfg)
     assert cfg.task.max_new_tokens == {"cqa": 96, "gsm8k": 256}[task]
     assert cfg.task.train_size >= 9741 and cfg.task.dev_size >= 1319
 
@@ -284,11 +289,42 @@ def test_config_with_local_files_validates(task):
 def test_config_validation_names_bad_data(tmp_path, fake_hub):
     path = write_jsonl(tmp_path / "dev.jsonl", _cqa_bad(lambda r: r[0].update(answerKey="F")))
     cfg = compose_config(["task=cqa", f"task.data_files.train={fixture_files('cqa')[0]}", f"task.data_files.dev={path}"])
+    validate(cfg)  # the pure checks do not read data; the preflight does
     with pytest.raises(ConfigError, match="row 1 .*gold answerKey 'F'"):
-        validate(cfg)
+        check_task_data(cfg)
     fake_hub["offline"] = True
     with pytest.raises(ConfigError, match="task.data_files.train=PATH"):
-        validate(compose_config(["task=gsm8k"]))
+        check_task_data(compose_config(["task=gsm8k"]))
+
+
+# ----------------------------------------------------------------------------- where the data comes from
+
+def test_with_location_keeps_the_schema_and_sets_where_the_rows_are():
+    mine = CQA_SOURCE.with_location("me/cqa-copy", "small", {"train": "a.jsonl", "test": "ignored.jsonl"})
+    assert (mine.hub_id, mine.hub_config, dict(mine.data_files)) == ("me/cqa-copy", "small",
+                                                                       {"train": "a.jsonl", "dev": None})
+    assert (mine.task, mine.required, mine.schema, mine.hub_splits) == \
+           (CQA_SOURCE.task, CQA_SOURCE.required, CQA_SOURCE.schema, CQA_SOURCE.hub_splits)
+    assert dict(CQA_SOURCE.with_location(None, None, None).data_files) == {"train": None, "dev": None}
+
+
+@pytest.mark.parametrize("schema", [CqaConfig, Gsm8kConfig])
+def test_data_files_of_a_config_section(schema):
+    section = OmegaConf.merge(OmegaConf.structured(schema), {"data_files": {"train": "t.jsonl"}})
+    assert data_files_of(section) == {"train": "t.jsonl", "dev": None}
+    assert data_files_of(OmegaConf.structured(schema)) == {"train": None, "dev": None}
+    assert data_files_of(OmegaConf.create({"name": "x"})) == {"train": None, "dev": None}  # no data_files key
+
+
+@pytest.mark.parametrize("task,schema", [("cqa", CqaConfig), ("gsm8k", Gsm8kConfig)])
+def test_from_config_reads_a_section_of_only_its_own_keys(task, schema):
+    train, dev = fixture_files(task)
+    section = OmegaConf.merge(OmegaConf.structured(schema),
+                              {"name": task, "train_size": 4, "dev_size": 2, "data_files": {"train": train, "dev": dev}})
+    built = TASKS[task].from_config(section, seed=0)
+    assert TASKS[task].config_class is schema
+    assert [len(built.load(s)) for s in ("train", "dev")] == [4, 2]
+    assert built.source.hub_id == {"cqa": "tau/commonsense_qa", "gsm8k": "openai/gsm8k"}[task]
 
 
 # ----------------------------------------------------------------------------- end to end

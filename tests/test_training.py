@@ -1,9 +1,17 @@
-"""Fine-tuning: loss only on completions (colons included), warmup capped, the loss really drops."""
+"""Fine-tuning: loss only on completions (colons included), warmup capped, the loss really drops; (slow)
+DDP over 2 spawned CPU processes brings the trained weights back, and a failing rank's traceback too.
+
+    python -m pytest -q tests/test_training.py              # the fast part
+    python -m pytest -q -m slow tests/test_training.py      # the spawned DDP fits (about 20 s each)
+"""
 
 from __future__ import annotations
 
+import math
+
+import lightning as L
 import pytest
-from omegaconf import OmegaConf
+import torch
 
 from star.models import build_char_tokenizer, load_model_and_tokenizer
 from star.training import finetune
@@ -63,3 +71,39 @@ def test_finetune_fits_a_small_set(tmp_path):
     assert first.steps == 2 and longer.steps == 60
     assert longer.loss < 0.5 * first.loss, (first.loss, longer.loss)
     assert longer.n_tokens > 0 and longer.tokens_per_s > 0
+
+
+ROWS = [{"prompt": f"Q: {a} + 1\nA:", "completion": f" {a + 1}\n\n"} for a in range(8)]
+DDP = ["model=tiny", "trainer=cpu_ddp", "trainer.batch_size=2", "trainer.warmup_steps=0", "trainer.lr=1e-2"]
+
+
+@pytest.mark.slow
+def test_ddp_spawns_two_ranks_and_brings_the_weights_back():
+    """trainer=cpu_ddp: 2 spawned gloo ranks fit; the caller's model object holds the trained weights."""
+    cfg = compose_config(DDP)
+    model, tok = load_model_and_tokenizer(cfg.model, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = finetune(model, tok, ROWS, steps=3, trainer_cfg=cfg.trainer, seed=0, progress=False)
+    assert stats.steps == 3 and stats.setup["world_size"] == 2 and stats.setup["strategy"] == "ddp"
+    assert stats.n_tokens > 0 and math.isfinite(stats.loss) and stats.full_state_dict is None
+    after = model.state_dict()
+    assert set(after) == set(before) and any(not torch.equal(before[k], after[k]) for k in before)
+    assert not model.training, "left in eval mode, as a fit in this process leaves it"
+
+
+class FailOnRank1(L.Callback):
+    """Raises in rank 1 only, once the ranks have started training."""
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_rank == 1:
+            raise ValueError("rank 1 fails on purpose")
+
+
+@pytest.mark.slow
+def test_a_failing_rank_raises_here_with_its_traceback():
+    cfg = compose_config(DDP)
+    model, tok = load_model_and_tokenizer(cfg.model, seed=0)
+    with pytest.raises(Exception) as e:  # torch.multiprocessing's ProcessRaisedException
+        finetune(model, tok, ROWS, steps=2, trainer_cfg=cfg.trainer, seed=0, progress=False,
+                 callbacks=[FailOnRank1()])
+    assert "rank 1 fails on purpose" in str(e.value) and "Traceback" in str(e.value), str(e.value)[-2000:]

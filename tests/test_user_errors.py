@@ -39,6 +39,9 @@ CASES = [
     (["trainer=nosuch"], "nosuch"),
     (["hydra/launcher=nosuch"], "nosuch"),
     (["task.digitz=3"], "digitz"),
+    (["model.name_or_path=/x"], "add model=hf"),
+    (["task=cqa", "task.digits=[1,2]"], "task=arithmetic reads it"),
+    (["task=cqa", "+task.digits=[1,2]"], "task=arithmetic reads it"),
     (["n_iterations=abc"], "n_iterations"),
     (["sampling.temperature=hot"], "temperature"),
     (["n_iterations=-1"], "n_iterations"),
@@ -79,12 +82,13 @@ def test_user_error_exits_with_one_clear_message(case, needle, tmp_path, monkeyp
     overrides = case(tmp_path) if callable(case) else case
     run_dir = tmp_path / "run"
     loaded = []
-    monkeypatch.setattr("star.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(1))
+    # Patched where the run looks it up (the model cache imported it by name).
+    monkeypatch.setattr("star.model_cache.load_model_and_tokenizer", lambda *a, **k: loaded.append(1))
     monkeypatch.setattr(sys, "argv", ["star", *FAST, *overrides, f"hydra.run.dir={run_dir}"])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as e:
         cli.main()
-    assert e.value.code not in (0, None)
+    assert e.value.code == 2
     out = capsys.readouterr()
     text = out.err + out.out
     assert needle in text, text[-2000:]
@@ -95,3 +99,13 @@ def test_user_error_exits_with_one_clear_message(case, needle, tmp_path, monkeyp
 
 def test_there_are_at_least_30_cases():
     assert len(CASES) >= 30
+
+
+def test_settings_without_effect_are_named_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["star", *FAST, "rationalization=off", "rationalization.p_rationalization=0.5",
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    cli.main()
+    notes = [line for line in capsys.readouterr().out.splitlines() if "no effect" in line]
+    assert len(notes) == 1
+    assert "rationalization.p_rationalization=0.5 (rationalization.enabled=false)" in notes[0]
+    assert (tmp_path / "run" / "iter_00" / "eval.json").exists(), "allowed: the run goes on"

@@ -48,13 +48,14 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from pathlib import Path
 import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
-from star.tasks.base import AnswerHintQA, Example, answer_line, read_prompt
+from star.tasks import answers
+from star.tasks.base import Example, TaskConfig, answer_hint, answer_line, qa_question, read_prompt, split_sizes
 
 SPLITS = ("train", "dev")
 STOP = "\n\n"
@@ -71,6 +72,21 @@ _ANSWER_PREFIX_RE = re.compile(r"the answer is\b", re.IGNORECASE)
 _ANSWER_RE = re.compile(r"the answer is\s+(-?\d+)\s*\.?", re.IGNORECASE)
 _QUESTION_RE = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*")
 _EXEMPLAR_RE = re.compile(r"Q: (.+)\nA:(.*)", re.DOTALL)
+
+
+@dataclass
+class ArithmeticConfig(TaskConfig):
+    """The arithmetic task's config keys (besides TaskConfig's)."""
+
+    # The operand digit counts to draw from (paper: 1-5).
+    digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+    def problems(self) -> list[str]:
+        """TaskConfig's range checks, and digits must list digit counts >= 1."""
+        out = super().problems()
+        if not (len(self.digits) > 0 and all(d >= 1 for d in self.digits)):
+            out.append(f"task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got {list(self.digits)}")
+        return out
 
 
 # ----------------------------------------------------------------------------- format
@@ -113,16 +129,12 @@ def _columns(a: int, b: int) -> list[tuple[int, int]]:
     return [(int(sa[i]), int(sb[i])) for i in range(n - 1, -1, -1)]
 
 
-def _before_stop(completion: str) -> str:
-    return completion.split(STOP, 1)[0]
-
-
 def extract_answer(completion: str) -> str | None:
     """The integer on the answer line(s) before the first stop string, as a canonical
     string ("0132" -> "132"), or None when there is no answer line, an answer line is
     malformed (non-numeric, commas, ...), or two answer lines disagree."""
     found: set[int] = set()
-    for line in _before_stop(completion).split("\n"):
+    for line in answers.before_stop(completion, STOP).split("\n"):
         line = line.strip()
         if not _ANSWER_PREFIX_RE.match(line):
             continue
@@ -138,7 +150,7 @@ def extract_answer(completion: str) -> str | None:
 def faithfulness_error(a: int, b: int, completion: str) -> str | None:
     """The first wrong or malformed line of a scratchpad for a + b, or None if every
     step is right (and so is the answer). Only text before the first stop is read."""
-    lines = [line.strip() for line in _before_stop(completion).strip().split("\n")]
+    lines = [line.strip() for line in answers.before_stop(completion, STOP).strip().split("\n")]
     columns = _columns(a, b)
     carry = 0
     written: list[int] = []
@@ -180,22 +192,16 @@ def parse_exemplars(text: str) -> list[tuple[str, str]]:
     """Split a few-shot file into (question, completion) pairs: blocks separated by a
     blank line, each "Q: <question>\\nA:<completion>"; the completion gets the stop
     string back. Raises ValueError on an empty file or a malformed block."""
-    blocks = [blk.strip() for blk in text.split(STOP) if blk.strip()]
-    if not blocks:
-        raise ValueError("the arithmetic few-shot file has no exemplars; "
-                         "write 'Q: A + B\\nA: ...' blocks separated by blank lines")
-    out = []
-    for n, blk in enumerate(blocks, 1):
-        m = _EXEMPLAR_RE.fullmatch(blk)
-        if not m:
-            raise ValueError(f"few-shot exemplar {n} is not 'Q: ...\\nA: ...': {blk[:60]!r}")
-        out.append((m.group(1), m.group(2) + STOP))
-    return out
+    matches = answers.exemplar_matches(
+        text, STOP, _EXEMPLAR_RE, label="few-shot exemplar", shape="Q: ...\\nA: ...",
+        no_exemplars="the arithmetic few-shot file has no exemplars; "
+                     "write 'Q: A + B\\nA: ...' blocks separated by blank lines")
+    return [(m.group(1), m.group(2) + STOP) for m in matches]
 
 
 # ----------------------------------------------------------------------------- data
 
-def _pair_stream(d: int, rng: random.Random) -> Iterator[tuple[int, int]]:
+def pair_stream(d: int, rng: random.Random) -> Iterator[tuple[int, int]]:
     """Distinct (a, b) pairs of d-digit operands in a random order, until the pool is
     exhausted. 1-digit operands are 0-9; longer ones have no leading zero."""
     lo = 0 if d == 1 else 10 ** (d - 1)
@@ -241,11 +247,12 @@ class _Splits:
     dev: list[Example]
 
 
-class ArithmeticTask(AnswerHintQA):
+class ArithmeticTask:
     """n-digit addition; see the module docstring for the format and the decisions."""
 
     name = "arithmetic"
     stop = (STOP,)
+    config_class = ArithmeticConfig
 
     def __init__(self, digits, train_size: int, dev_size: int, seed: int,
                  prompt_path: str | Path | None = None):
@@ -253,10 +260,8 @@ class ArithmeticTask(AnswerHintQA):
         self.digits = list(dict.fromkeys(int(d) for d in digits))
         if not self.digits or any(d < 1 for d in self.digits):
             raise ValueError(f"digits must list digit counts >= 1, e.g. [1, 2, 3]; got {list(digits)}")
-        if train_size < 0 or dev_size < 0:
-            raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
-        self.train_size = int(train_size)
-        self.dev_size = int(dev_size)
+        sizes = split_sizes(train_size, dev_size)
+        self.train_size, self.dev_size = sizes["train"], sizes["dev"]
         self.seed = int(seed)
         self.prompt_path = Path(prompt_path) if prompt_path is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
@@ -281,7 +286,7 @@ class ArithmeticTask(AnswerHintQA):
         # One stream per digit count, seeded by seed and digit count only, so the
         # d-digit problems do not change when other digit counts are added. Dev draws
         # first and train continues the same streams: disjoint, and dev has priority.
-        streams = {d: _pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/digits={d}"))
+        streams = {d: pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/digits={d}"))
                    for d in self.digits}
         dev = _round_robin(streams, self.digits, self.dev_size)
         if len(dev) < self.dev_size:
@@ -303,6 +308,12 @@ class ArithmeticTask(AnswerHintQA):
                 for i, (d, (a, b)) in enumerate(items)]
 
     # --- prompts
+
+    def hint_text(self, example: Example) -> str:
+        return answer_hint(example.answer)
+
+    def format_question(self, example: Example, hint: bool = False) -> str:
+        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
         """The exemplars; with hint=True each exemplar's question also shows its answer as a
@@ -326,10 +337,6 @@ class ArithmeticTask(AnswerHintQA):
                 parts.append(self.format_question(ex, hint=hint) + (self.direct_completion(ex) if direct else c))
             self._fewshot[key] = "".join(parts)
         return self._fewshot[key]
-
-    def scratchpad(self, example: Example) -> str:
-        """The gold completion (for tests and the train-on-gold-rationales option)."""
-        return scratchpad(example)
 
     # --- scoring
 

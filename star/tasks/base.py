@@ -1,8 +1,19 @@
 """The task contract: what the STaR loop needs to know about a task, and nothing about models.
 
 A task is one module under star/tasks/ with one class implementing `Task`, registered
-in star/tasks/__init__.py. The loop only ever talks to a task through this protocol,
-so there is no `if task == ...` anywhere else.
+in star/tasks/__init__.py, and one YAML file under conf/task/. The loop only ever talks
+to a task through this protocol, so there is no `if task == ...` anywhere else.
+
+A task's config keys are a dataclass next to its code: `TaskConfig` below holds the keys
+every task reads, and each task module subclasses it with its own keys only (fields, no
+behaviour but their range checks), named by the task class's `config_class`:
+
+    @dataclass
+    class ArithmeticConfig(TaskConfig):
+        digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+    class ArithmeticTask:
+        config_class = ArithmeticConfig
 
 Prompt anatomy (the generator concatenates token ids of the two parts, in this order):
 
@@ -20,7 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
+
+from omegaconf import MISSING
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,50 @@ class Task(Protocol):
         """Whether every reasoning step is right, or None where the task cannot check steps."""
 
 
-# Shared plain-text formats. Tasks whose questions read "Q: ...\nA:" with the hint appended
-# use these, so the hint and the answer line are written the same way everywhere.
+@dataclass
+class TaskConfig:
+    """The config keys every task reads (the `task:` section); a task's own keys live in its subclass.
+
+    Optional[...] rather than `X | None`: OmegaConf reads these annotations as a schema.
+    """
+
+    name: str = MISSING
+    # Size of the training pool (N) and of the dev split.
+    train_size: int = 1000
+    dev_size: int = 100
+    # Sample k of the N training questions each iteration (null: all of them).
+    sample_per_iteration: Optional[int] = None
+    # Longest completion the generator may write for this task.
+    max_new_tokens: int = 128
+
+    def problems(self) -> list[str]:
+        """Range checks a type cannot express: one message per key out of range, each naming the
+        key and the value; [] when all are fine. Called on OmegaConf.to_object(cfg.task)."""
+        out = []
+        if not self.train_size > 0:
+            out.append(f"task.train_size must be > 0, got {self.train_size}")
+        if not self.dev_size > 0:
+            out.append(f"task.dev_size must be > 0, got {self.dev_size}")
+        k = self.sample_per_iteration
+        if not (k is None or 0 < k <= self.train_size):
+            out.append(f"task.sample_per_iteration must be in 1..task.train_size ({self.train_size}) "
+                       f"or null, got {k}")
+        if not self.max_new_tokens > 0:
+            out.append(f"task.max_new_tokens must be > 0, got {self.max_new_tokens}")
+        return out
+
+
+def split_sizes(train_size: int, dev_size: int) -> dict[str, int]:
+    """{"train": train_size, "dev": dev_size} as ints; a negative size is a ValueError.
+    (0 is allowed here: the config's range checks, not the task, insist on more.)"""
+    if train_size < 0 or dev_size < 0:
+        raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
+    return {"train": int(train_size), "dev": int(dev_size)}
+
+
+# Shared plain-text formats. Tasks whose questions read "Q: ...\nA:" with the gold answer as
+# the hint (arithmetic, GSM8K, reasoning_gym) call these from their own hint_text and
+# format_question, so the hint and the answer line are written the same way everywhere.
 
 def answer_hint(answer: str) -> str:
     """The rationalization hint appended to a question."""
@@ -91,17 +146,6 @@ def answer_hint(answer: str) -> str:
 def qa_question(question: str, hint: str = "") -> str:
     """ "Q: <question><hint>\nA:", the completion starts right after."""
     return f"Q: {question}{hint}\nA:"
-
-
-class AnswerHintQA:
-    """hint_text and format_question for a task whose questions read "Q: ...\nA:" and whose
-    rationalization hint is the gold answer itself (arithmetic, GSM8K, reasoning_gym)."""
-
-    def hint_text(self, example: Example) -> str:
-        return answer_hint(example.answer)
-
-    def format_question(self, example: Example, hint: bool = False) -> str:
-        return qa_question(example.question, self.hint_text(example) if hint else "")
 
 
 def answer_line(answer: str, stop: str) -> str:

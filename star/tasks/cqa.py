@@ -50,10 +50,12 @@ cannot be checked, and the dataset has none).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from star.tasks.base import Example, read_prompt
-from star.tasks.hf_data import DataSource, load_rows, text_problem
+from star.tasks import answers
+from star.tasks.base import Example, read_prompt, split_sizes
+from star.tasks.hf_data import DataSource, HubDataConfig, data_files_of, load_rows, text_problem
 
 NAME = "cqa"
 HUB_ID = "tau/commonsense_qa"
@@ -64,21 +66,28 @@ REQUIRED = ("id", "question", "choices", "answerKey")
 SCHEMA = ('{"id": "q1", "question": "Where is milk kept cold?", "question_concept": "milk", '
           '"choices": {"label": ["A", "B", "C", "D", "E"], "text": ["oven", "fridge", "desk", "car", "bag"]}, '
           '"answerKey": "B"}')
+# What a CQA row holds and where the rows live; each task sets its own hub id and files (with_location).
+SOURCE = DataSource(task=NAME, hub_id=HUB_ID, hub_config=None, hub_splits=HUB_SPLITS, data_files={},
+                    required=REQUIRED, schema=SCHEMA)
 
 AMBIGUOUS = "<ambiguous>"  # a statement that names more than one choice
 
 # "answer is X", "answer: X", "choice is X", "option is X"; never "answer is not X".
 _MARKER_RE = re.compile(r"\b(?:answer|choice|option)\s*(?:is\b|:)(?!\s*not\b)", re.IGNORECASE)
-# A sentence ends at . ! ? ; followed by a space or the end ("(B)." ends; "st.louis" does not).
-_SENTENCE_END_RE = re.compile(r"[.!?;](?=\s|$)")
-_NEW_QUESTION_RE = re.compile(r"^\s*Q:", re.MULTILINE)
 _PAREN_LETTER_RE = re.compile(r"\(([A-Za-z])\)")
 _BARE_LETTER_RE = re.compile(r"(?:(?:option|choice|letter)\s+)?\(?([A-Za-z])\)?[.:]?", re.IGNORECASE)
 _LETTER_THEN_TEXT_RE = re.compile(r"(?:(?:option|choice|letter)\s+)?\(?([A-Za-z])\s*[).:,\-\u2013]\s*(.+)",
                                   re.IGNORECASE | re.DOTALL)
 _SECOND_LETTER_RE = re.compile(r"\(?([A-Za-z])\)?(?:[,.;:]|\s+(?:or|and)\b|$)")
 _EXEMPLAR_RE = re.compile(r"Q: (?P<q>.+?)\nAnswer Choices:\n(?P<choices>(?:\([A-Z]\) .+\n)+)A:(?P<c>.*)", re.DOTALL)
+# How an exemplar block reads, for error messages.
+_EXEMPLAR_SHAPE = "Q: ...\\nAnswer Choices:\\n(A) ...\\nA: ..."
 _CHOICE_LINE_RE = re.compile(r"\(([A-Z])\) (.+)")
+
+
+@dataclass
+class CqaConfig(HubDataConfig):
+    """The CQA task's config keys: TaskConfig's and the `datasets` ones (data_files, hub_id, hub_config)."""
 
 
 # ----------------------------------------------------------------------------- verifier
@@ -107,22 +116,10 @@ def normalize(text: str) -> str:
     return " ".join(_stem(w) for w in t.split())
 
 
-def answer_region(completion: str) -> str:
-    """The part of a completion that answers this question: before the stop and before a new 'Q:'."""
-    text = completion.split(STOP, 1)[0]
-    m = _NEW_QUESTION_RE.search(text)
-    return text[: m.start()] if m else text
-
-
 def answer_statements(completion: str) -> list[str]:
-    """What follows each answer marker, up to the end of its sentence, in order."""
-    out = []
-    for line in answer_region(completion).split("\n"):
-        for m in _MARKER_RE.finditer(line):
-            rest = line[m.end():]
-            end = _SENTENCE_END_RE.search(rest)
-            out.append((rest[: end.start()] if end else rest).strip())
-    return out
+    """What follows each answer marker in the part that answers this question, up to the end of
+    its sentence, in order (star/tasks/answers.py reads them)."""
+    return answers.answer_statements(answers.answer_region(completion, STOP), _MARKER_RE)
 
 
 def _mentions(phrase: str, texts: list[str]) -> set[int]:
@@ -241,7 +238,9 @@ def _row_problems(row: dict) -> list[str]:
     return problems
 
 
-def _example(row: dict) -> Example:
+def row_example(row: dict) -> Example:
+    """A checked hub row (see _row_problems) as an Example: stripped question and choice texts, the
+    gold label as the answer, the labels, texts and concept in meta."""
     return Example(id=row["id"], question=row["question"].strip(), answer=row["answerKey"],
                    meta={"labels": list(row["choices"]["label"]),
                          "texts": [t.strip() for t in row["choices"]["text"]],
@@ -252,17 +251,13 @@ def _example(row: dict) -> Example:
 
 def parse_exemplars(text: str) -> list[tuple[Example, str]]:
     """A few-shot file -> (question as an Example, completion with the stop) pairs: blocks split
-    by a blank line, each "Q: ...\\nAnswer Choices:\\n(A) ...\\nA: ...". The completion must
-    answer one of its choices. The Example's answer is the choice the completion names."""
-    blocks = [b.strip() for b in text.split(STOP) if b.strip()]
-    if not blocks:
-        raise ValueError("the CQA few-shot file has no exemplars; write 'Q: ...\\nAnswer Choices:\\n(A) ...\\nA: ...' "
-                         "blocks separated by blank lines")
+    by a blank line, each _EXEMPLAR_SHAPE. The completion must answer one of its choices. The
+    Example's answer is the choice the completion names."""
     out = []
-    for n, block in enumerate(blocks, 1):
-        m = _EXEMPLAR_RE.fullmatch(block)
-        if not m:
-            raise ValueError(f"CQA few-shot exemplar {n} is not 'Q: ...\\nAnswer Choices:\\n(A) ...\\nA: ...': {block[:60]!r}")
+    no_exemplars = (f"the CQA few-shot file has no exemplars; write '{_EXEMPLAR_SHAPE}' blocks "
+                    "separated by blank lines")
+    for n, m in enumerate(answers.exemplar_matches(text, STOP, _EXEMPLAR_RE, label="CQA few-shot exemplar",
+                                                   shape=_EXEMPLAR_SHAPE, no_exemplars=no_exemplars), 1):
         pairs = [_CHOICE_LINE_RE.fullmatch(line).groups() for line in m.group("choices").strip().split("\n")]
         labels, texts = [p[0] for p in pairs], [p[1].strip() for p in pairs]
         completion = m.group("c") + STOP
@@ -277,21 +272,22 @@ def parse_exemplars(text: str) -> list[tuple[Example, str]]:
 
 
 class CqaTask:
-    """CommonsenseQA; see the module docstring for the format and the decisions."""
+    """CommonsenseQA; see the module docstring for the format and the decisions.
+
+    data_files maps "train" and "dev" to a local file, or to None to read that split from the
+    hub (hub_id, hub_config); prompt_dir holds cqa.txt and cqa_direct.txt in place of the
+    packaged few-shot files.
+    """
 
     name = NAME
     stop = (STOP,)
+    config_class = CqaConfig
 
     def __init__(self, train_size: int, dev_size: int, data_files: dict | None = None,
                  hub_id: str | None = HUB_ID, hub_config: str | None = None,
                  prompt_dir: str | Path | None = None):
-        if train_size < 0 or dev_size < 0:
-            raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
-        self.sizes = {"train": int(train_size), "dev": int(dev_size)}
-        files = dict(data_files or {})
-        self.source = DataSource(task=NAME, hub_id=hub_id, hub_config=hub_config, hub_splits=HUB_SPLITS,
-                                 data_files={"train": files.get("train"), "dev": files.get("dev")},
-                                 required=REQUIRED, schema=SCHEMA)
+        self.sizes = split_sizes(train_size, dev_size)
+        self.source = SOURCE.with_location(hub_id, hub_config, data_files)
         self.prompt_dir = Path(prompt_dir) if prompt_dir is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: dict[str, list[Example]] = {}
@@ -299,9 +295,7 @@ class CqaTask:
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "CqaTask":
-        files = getattr(task_cfg, "data_files", None)
-        return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size,
-                   data_files={"train": getattr(files, "train", None), "dev": getattr(files, "dev", None)},
+        return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size, data_files=data_files_of(task_cfg),
                    hub_id=getattr(task_cfg, "hub_id", None) or HUB_ID,
                    hub_config=getattr(task_cfg, "hub_config", None))
 
@@ -311,7 +305,7 @@ class CqaTask:
         if split not in self._splits:
             rows = load_rows(self.source, split, limit=self.sizes.get(split), check_row=_row_problems,
                              row_id=lambda r: r.get("id"), unique="id")
-            self._splits[split] = [_example(r) for r in rows]
+            self._splits[split] = [row_example(r) for r in rows]
         return list(self._splits[split])  # a copy: callers cannot edit the cache
 
     # --- prompts

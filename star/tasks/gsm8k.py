@@ -68,12 +68,14 @@ Decisions worth knowing (the verifier, `answer_value`):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
 
-from star.tasks.base import AnswerHintQA, Example, answer_line, read_prompt
-from star.tasks.hf_data import DataSource, TaskDataError, load_rows, text_problem
+from star.tasks import answers
+from star.tasks.base import Example, answer_hint, answer_line, qa_question, read_prompt, split_sizes
+from star.tasks.hf_data import DataSource, HubDataConfig, TaskDataError, data_files_of, load_rows, text_problem
 
 NAME = "gsm8k"
 HUB_ID = "openai/gsm8k"
@@ -85,13 +87,13 @@ _SYMBOLIC_SUFFIX = "Give the result as your final answer. Do not include units."
 REQUIRED = ("question", "answer")
 SCHEMA = ('{"question": "Tom has 3 bags of 4 apples. How many apples?", '
           '"answer": "He has 3 * 4 = <<3*4=12>>12 apples.\\n#### 12"}')
+# What a GSM8K row holds and where the rows live; each task sets its own hub id and files (with_location).
+SOURCE = DataSource(task=NAME, hub_id=HUB_ID, hub_config=HUB_CONFIG, hub_splits=HUB_SPLITS, data_files={},
+                    required=REQUIRED, schema=SCHEMA)
 
 AMBIGUOUS = "<ambiguous>"
 
 _MARKER_RE = re.compile(r"\banswer\s*(?:is\b|:|=)(?!\s*not\b)|####|\\boxed\{", re.IGNORECASE)
-# Sentence end: . ! ? ; followed by a space or the end, so "1.5" and "$1.50." read whole.
-_SENTENCE_END_RE = re.compile(r"[.!?;](?=\s|$)")
-_NEW_QUESTION_RE = re.compile(r"^\s*Q:", re.MULTILINE)
 _NUMBER_RE = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _JOINED_RE = re.compile(r"\s*(?:,|;|or|and|to|-|,\s*(?:or|and))?\s*", re.IGNORECASE)
 _GROUPED_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -105,6 +107,15 @@ _TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ni
 _WORD_NUMBER_RE = re.compile(
     rf"\b(?:(?P<tens>{'|'.join(_TENS)})(?:[\s-](?P<unit>{'|'.join(_UNITS[1:10])}))?|(?P<small>{'|'.join(_UNITS)}))\b",
     re.IGNORECASE)
+
+
+@dataclass
+class Gsm8kConfig(HubDataConfig):
+    """The GSM8K task's config keys: TaskConfig's, the `datasets` ones, and where problems come from."""
+
+    # hub_or_files (data_files, else the hub) or gsm_symbolic (generated offline from the
+    # GSM-Symbolic templates, via reasoning_gym, from the seed).
+    source: str = "hub_or_files"
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -188,30 +199,11 @@ def number_in(statement: str) -> Fraction | str | None:
 
 # ----------------------------------------------------------------------------- verifier
 
-def answer_region(completion: str) -> tuple[str, bool]:
-    """(the part that answers this question, whether the model finished it): the text before
-    the stop and before a new "Q:"; finished when either of those was written."""
-    text, stopped = completion.split(STOP, 1)[0], STOP in completion
-    m = _NEW_QUESTION_RE.search(text)
-    if m:
-        return text[: m.start()], True
-    return text, stopped
-
-
-def answer_statements(region: str) -> list[str]:
-    out = []
-    for line in region.split("\n"):
-        for m in _MARKER_RE.finditer(line):
-            rest = line[m.end():].lstrip(" :")
-            end = _SENTENCE_END_RE.search(rest)
-            out.append((rest[: end.start()] if end else rest).strip())
-    return out
-
-
 def answer_value(completion: str) -> Fraction | None:
     """The one final number a completion states, or None (none, malformed, or several)."""
-    region, finished = answer_region(completion)
-    statements = answer_statements(region)
+    region, finished = answers.answer_region_finished(completion, STOP)
+    # " :" dropped before the sentence end is looked for: "answer is: 5" and "answer: : 5" read "5".
+    statements = answers.answer_statements(region, _MARKER_RE, lead=" :")
     values = set()
     for statement in statements:
         v = number_in(statement)
@@ -274,7 +266,9 @@ def _row_problems(row: dict) -> list[str]:
     return problems
 
 
-def _example(row: dict, rid: str) -> Example:
+def row_example(row: dict, rid: str) -> Example:
+    """A checked hub row (see _row_problems) as an Example named rid: the stripped question, the
+    canonical final number as the answer, the solution and its step count in meta."""
     lines, _ = split_solution(row["answer"])
     return Example(id=rid, question=row["question"].strip(), answer=canonical(gold_number(row["answer"])),
                    meta={"solution": row["answer"], "n_steps": len(lines)})
@@ -296,15 +290,12 @@ def gold_rationale_for(solution: str) -> str:
 def parse_exemplars(text: str) -> list[tuple[str, str]]:
     """A few-shot file -> (question, completion with the stop) pairs: blocks split by a blank
     line, each "Q: ...\\nA: ..." ending in an answer the verifier reads."""
-    blocks = [b.strip() for b in text.split(STOP) if b.strip()]
-    if not blocks:
-        raise ValueError("the GSM8K few-shot file has no exemplars; write 'Q: ...\\nA: ...' blocks "
-                         "separated by blank lines")
+    shape = "Q: ...\\nA: ..."
+    matches = answers.exemplar_matches(
+        text, STOP, _EXEMPLAR_RE, label="GSM8K few-shot exemplar", shape=shape,
+        no_exemplars=f"the GSM8K few-shot file has no exemplars; write '{shape}' blocks separated by blank lines")
     out = []
-    for n, block in enumerate(blocks, 1):
-        m = _EXEMPLAR_RE.fullmatch(block)
-        if not m:
-            raise ValueError(f"GSM8K few-shot exemplar {n} is not 'Q: ...\\nA: ...': {block[:60]!r}")
+    for n, m in enumerate(matches, 1):
         completion = m.group("c") + STOP
         if answer_value(completion) is None:
             raise ValueError(f"GSM8K few-shot exemplar {n} ('Q: {m.group('q')[:40]}...') has no final answer; "
@@ -347,17 +338,22 @@ def gsm_symbolic_splits(seed: int, sizes: dict[str, int]) -> dict[str, list[Exam
     return out
 
 
-class Gsm8kTask(AnswerHintQA):
-    """GSM8K; see the module docstring for the format and the decisions."""
+class Gsm8kTask:
+    """GSM8K; see the module docstring for the format and the decisions.
+
+    source="hub_or_files" reads each split from its file in data_files, else from the hub
+    (hub_id, hub_config); source="gsm_symbolic" generates both from the seed and takes no
+    files. prompt_dir holds gsm8k.txt and gsm8k_direct.txt in place of the packaged ones.
+    """
 
     name = NAME
     stop = (STOP,)
+    config_class = Gsm8kConfig
 
     def __init__(self, train_size: int, dev_size: int, data_files: dict | None = None,
                  hub_id: str | None = HUB_ID, hub_config: str | None = HUB_CONFIG,
                  prompt_dir: str | Path | None = None, source: str = "hub_or_files", seed: int = 0):
-        if train_size < 0 or dev_size < 0:
-            raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
+        sizes = split_sizes(train_size, dev_size)
         if source not in SOURCES:
             raise ValueError(f"unknown gsm8k source {source!r}; set task.source to one of: {', '.join(SOURCES)}")
         if source != "hub_or_files" and any((data_files or {}).get(s) for s in ("train", "dev")):
@@ -365,25 +361,20 @@ class Gsm8kTask(AnswerHintQA):
                              f"unset task.data_files or set task.source=hub_or_files")
         self.origin = source
         self.seed = int(seed)
-        self.sizes = {"train": int(train_size), "dev": int(dev_size)}
-        files = dict(data_files or {})
-        self.source = DataSource(task=NAME, hub_id=hub_id, hub_config=hub_config, hub_splits=HUB_SPLITS,
-                                 data_files={"train": files.get("train"), "dev": files.get("dev")},
-                                 required=REQUIRED, schema=SCHEMA)
+        self.sizes = sizes
         self.prompt_dir = Path(prompt_dir) if prompt_dir is not None else None
+        self.source = SOURCE.with_location(hub_id, hub_config, data_files)  # read by origin hub_or_files only
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: dict[str, list[Example]] = {}
         self._fewshot: dict[tuple[bool, bool], str] = {}
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "Gsm8kTask":
-        files = getattr(task_cfg, "data_files", None)
         hub_id, hub_config = getattr(task_cfg, "hub_id", None), getattr(task_cfg, "hub_config", None)
         if not hub_id:  # the default config name belongs to the default hub id only
             hub_id, hub_config = HUB_ID, HUB_CONFIG
         return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size,
-                   data_files={"train": getattr(files, "train", None), "dev": getattr(files, "dev", None)},
-                   hub_id=hub_id, hub_config=hub_config,
+                   data_files=data_files_of(task_cfg), hub_id=hub_id, hub_config=hub_config,
                    source=getattr(task_cfg, "source", None) or "hub_or_files", seed=seed)
 
     # --- data
@@ -405,10 +396,16 @@ class Gsm8kTask(AnswerHintQA):
             else:
                 ids = [f"{split}-{n:05d}" for n in range(len(rows))]
             limit = self.sizes[split]
-            self._splits[split] = [_example(r, rid) for r, rid in zip(rows[:limit], ids[:limit])]
+            self._splits[split] = [row_example(r, rid) for r, rid in zip(rows[:limit], ids[:limit])]
         return list(self._splits[split])  # a copy: callers cannot edit the cache
 
     # --- prompts
+
+    def hint_text(self, example: Example) -> str:
+        return answer_hint(example.answer)
+
+    def format_question(self, example: Example, hint: bool = False) -> str:
+        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
         """The exemplars with step-by-step solutions, or with the answer line only (direct=True);

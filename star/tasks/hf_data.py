@@ -9,6 +9,11 @@ good row looks like.
                         data_files={"train": "cqa_train.jsonl", "dev": None},
                         required=("id", "question", "choices", "answerKey"), schema=CQA_SCHEMA)
     rows = load_rows(source, "train", limit=1000, check_row=my_row_checker)
+    # The same schema read from elsewhere (a task's hub_id, hub_config and data_files keys):
+    mine = source.with_location("me/cqa-copy", None, {"train": "a.jsonl", "dev": None})
+
+Their config keys (task.data_files, task.hub_id, task.hub_config) are `HubDataConfig`, which
+each file-backed task's own config schema extends.
 
 Decisions worth knowing:
 - A split with a file in data_files is read from that file (json: one array of objects or
@@ -27,15 +32,42 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
+
+from star.tasks.base import TaskConfig
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 MAX_REPORTED = 10
 
 # Offline, `datasets` retries the hub for about 25 s before it gives up; this says how to skip that.
 OFFLINE_TIP = "set HF_HUB_OFFLINE=1 to fail fast without the network"
+
+
+@dataclass
+class DataFilesConfig:
+    """task.data_files: a local file per split, read instead of the hub (None: the hub)."""
+
+    train: Optional[str] = None
+    dev: Optional[str] = None
+
+
+@dataclass
+class HubDataConfig(TaskConfig):
+    """The config keys of a task whose data comes through `datasets` (cqa, gsm8k)."""
+
+    # Local files (json, jsonl, parquet) with the hub's fields, read instead of the hub (offline).
+    data_files: DataFilesConfig = field(default_factory=DataFilesConfig)
+    # The `datasets` hub id (and config name) read for a split without a file.
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+
+
+def data_files_of(task_cfg) -> dict[str, str | None]:
+    """{"train": file or None, "dev": file or None} from a task config's data_files (absent: None)."""
+    files = getattr(task_cfg, "data_files", None)
+    return {"train": getattr(files, "train", None), "dev": getattr(files, "dev", None)}
 
 
 class TaskDataError(ValueError):
@@ -63,6 +95,14 @@ class DataSource:
     required: tuple[str, ...]
     schema: str
     splits: tuple[str, ...] = field(default=("train", "dev"))
+
+    def with_location(self, hub_id: str | None, hub_config: str | None,
+                      data_files: Mapping[str, str | None] | None) -> "DataSource":
+        """A copy that reads this hub dataset and these files: data_files maps a split to a file;
+        a split it does not name (or maps to None) comes from the hub; other keys are dropped."""
+        files = dict(data_files or {})
+        return replace(self, hub_id=hub_id, hub_config=hub_config,
+                       data_files={split: files.get(split) for split in self.splits})
 
     def files_hint(self) -> str:
         return (f"task.data_files.train=PATH task.data_files.dev=PATH (json, jsonl or parquet; "

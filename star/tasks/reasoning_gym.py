@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from star.tasks.base import AnswerHintQA, Example, answer_line
+from star.tasks import answers
+from star.tasks.base import Example, TaskConfig, answer_hint, answer_line, qa_question, split_sizes
 
 NAME = "reasoning_gym"
 SPLITS = ("train", "dev")
@@ -61,9 +63,17 @@ _TRIES_PER_QUESTION = 10
 _TRIES_MIN = 1000
 
 _ANSWER_RE = re.compile(r"\bthe answer is\b:?", re.IGNORECASE)
-_NEW_QUESTION_RE = re.compile(r"^\s*Q:", re.MULTILINE)
 _BLANK_LINES_RE = re.compile(r"\n\s*\n")
 _FINAL_LINE_RE = re.compile(r"^\s*####")
+
+
+@dataclass
+class ReasoningGymConfig(TaskConfig):
+    """The reasoning_gym task's config keys (besides TaskConfig's)."""
+
+    # The reasoning_gym dataset name, and the keyword arguments its config takes.
+    dataset: Optional[str] = None
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- the generator
@@ -127,16 +137,9 @@ def generate(dataset: str, kwargs: dict | None, seed: int, stream: str, n: int, 
 
 # ----------------------------------------------------------------------------- the answer line
 
-def answer_region(completion: str) -> str:
-    """The part that answers this question: before the stop and before a new "Q:" line."""
-    text = completion.split(STOP, 1)[0]
-    m = _NEW_QUESTION_RE.search(text)
-    return text[: m.start()] if m else text
-
-
 def extract_answer(completion: str) -> str | None:
     """Everything after the last "The answer is", one trailing "." dropped; None when absent or empty."""
-    region = answer_region(completion)
+    region = answers.answer_region(completion, STOP)
     matches = list(_ANSWER_RE.finditer(region))
     if not matches:
         return None
@@ -159,21 +162,20 @@ def rationale_steps(entry: dict) -> list[str] | None:
 
 # ----------------------------------------------------------------------------- the task
 
-class ReasoningGymTask(AnswerHintQA):
+class ReasoningGymTask:
     """One reasoning_gym dataset as a star task; see the module docstring for the decisions."""
 
     name = NAME
     stop = (STOP,)
+    config_class = ReasoningGymConfig
 
     def __init__(self, dataset: str, train_size: int, dev_size: int, seed: int = 0,
                  dataset_kwargs: dict | None = None):
         if not dataset:
             raise ValueError("task=reasoning_gym needs a dataset; set task.dataset=NAME (e.g. basic_arithmetic)")
-        if train_size < 0 or dev_size < 0:
-            raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
+        self.sizes = split_sizes(train_size, dev_size)
         self.dataset = str(dataset)
         self.dataset_kwargs = dict(dataset_kwargs or {})
-        self.sizes = {"train": int(train_size), "dev": int(dev_size)}
         self.seed = int(seed)
         # Fail on an unknown name or bad kwargs at construction, before anything is generated.
         self._scorer = make_dataset(self.dataset, self.dataset_kwargs, seed=0, size=1)
@@ -216,6 +218,12 @@ class ReasoningGymTask(AnswerHintQA):
                         meta={"entry": e}) for i, e in enumerate(entries)]
 
     # --- prompts
+
+    def hint_text(self, example: Example) -> str:
+        return answer_hint(example.answer)
+
+    def format_question(self, example: Example, hint: bool = False) -> str:
+        return qa_question(example.question, self.hint_text(example) if hint else "")
 
     def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
         """N_EXEMPLARS generated exemplars (a stream of their own): with their worked solution where

@@ -1,0 +1,61 @@
+"""The metrics of one iteration, read back from its files and stage markers (DESIGN.md, "Metrics").
+
+    metrics, samples = iteration_metrics(run_dir, 1, n_samples=8)
+    metrics["eval/accuracy"], metrics["gen/solve_rate"], metrics["data/train_fraction"]
+
+`samples` are the table of example outputs W&B shows: the first dev answers, and the first kept
+direct and rationalized completions. Everything is derived from files already written, so a log
+stage redone after a crash logs exactly what the first try would have.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from star import artifacts as A
+
+
+def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[dict, list[dict]]:
+    ev = A.read_json(A.stage_file(run_dir, iteration, "eval.json"))
+    metrics: dict = {"iteration": iteration, "eval/accuracy": ev["accuracy"]}
+    for cls, acc in ev["per_class"].items():
+        metrics[f"eval/accuracy/{cls}"] = acc
+    metrics["time/eval_s"] = A.read_done(run_dir, iteration, "eval")["seconds"]
+    samples = [{"iteration": iteration, "kind": "eval", **s} for s in ev["samples"]]
+    if iteration == 0:
+        return metrics, samples
+    kept = [r for r in A.read_jsonl(A.stage_file(run_dir, iteration, "generations.jsonl")) if r["correct"]]
+    kept_rat = [r for r in A.read_jsonl(A.stage_file(run_dir, iteration, "rationalizations.jsonl")) if r["correct"]]
+    metrics.update(training_metrics(run_dir, iteration, kept + kept_rat))
+    for kind, rows in (("direct", kept), ("rationalized", kept_rat)):
+        samples += [{"iteration": iteration, "kind": kind, "id": r["id"], "question": r["question"],
+                     "gold": r["gold"], "completion": r["completion"], "answer": r["answer"],
+                     "correct": r["correct"]} for r in rows[:n_samples]]
+    return metrics, samples
+
+
+def training_metrics(run_dir: Path, iteration: int, kept: list[dict]) -> dict:
+    """gen/*, data/*, train/*, perf/* and time/* of an iteration's generate, rationalize and train stages."""
+    gen, rat, train = (A.read_done(run_dir, iteration, stage) for stage in ("generate", "rationalize", "train"))
+    n = gen["n_questions"]
+    metrics = {
+        "gen/solve_rate": gen["n_correct"] / n,
+        "gen/rationalized_rate": rat["n_correct"] / n,
+        "gen/hint_leaked": rat["n_hint_leaked"],
+        "data/train_fraction": train["n_examples"] / n,
+        "data/n_examples": train["n_examples"],
+        "data/n_direct": train["n_direct"],
+        "data/n_rationalized": train["n_rationalized"],
+        "data/n_questions": n,
+        "train/steps": train["steps"],
+        "perf/gen_tokens_per_s": gen["gen_tokens_per_s"],
+    }
+    faithful = [r["faithful"] for r in kept if r["faithful"] is not None]
+    if faithful:
+        metrics["gen/faithful_rate"] = sum(faithful) / len(faithful)
+    if train["loss"] is not None:
+        metrics["train/loss"] = train["loss"]
+        metrics["perf/train_tokens_per_s"] = train["train_tokens_per_s"]
+    for stage, info in (("generate", gen), ("rationalize", rat), ("train", train)):
+        metrics[f"time/{stage}_s"] = info["seconds"]
+    return metrics

@@ -1,0 +1,35 @@
+"""Stage 1, generate: every (sampled) training question answered by M(n-1), without a hint.
+
+Writes iter_NN/generations.jsonl (one row per question: completion, answer, correct, faithful);
+returns the marker's counts. method.data=gold (direct fine-tuning) generates nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from star import artifacts as A
+from star.faults import crash_point
+from star.model_cache import model_ref
+from star.stages.context import StageContext
+from star.stages.passes import answer_row, run_pass
+
+
+def generate(ctx: StageContext, iteration: int) -> dict:
+    questions = ctx.train_questions(iteration)
+    out = A.stage_file(ctx.run_dir, iteration, "generations.jsonl")
+    if ctx.cfg.method.data == "gold":
+        # Supervised on the gold answers: nothing to generate.
+        A.write_jsonl(out, [])
+        return {"n_questions": len(questions), "n_correct": 0, "gen_tokens": 0, "gen_tokens_per_s": 0.0}
+    ref = model_ref(ctx.run_dir, iteration - 1)
+    start = time.perf_counter()
+    completions, n_tokens = run_pass(ctx, iteration, "generate", ref, ctx.prompt_for(ref),
+                                     [ctx.task.format_question(ex) for ex in questions],
+                                     [ctx.seed(iteration, "generate", ex.id) for ex in questions])
+    seconds = time.perf_counter() - start
+    crash_point(f"{iteration}/generate/after_batches")
+    rows = [answer_row(ctx, ex, c) for ex, c in zip(questions, completions)]
+    A.write_jsonl(out, rows)
+    return {"n_questions": len(rows), "n_correct": sum(r["correct"] for r in rows),
+            "gen_tokens": n_tokens, "gen_tokens_per_s": n_tokens / seconds if seconds > 0 else 0.0}

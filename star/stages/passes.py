@@ -1,0 +1,45 @@
+"""A training-set pass with M(n-1) (the generate and rationalize stages), and the row each answer
+becomes in generations.jsonl / rationalizations.jsonl.
+
+    completions, n_tokens = run_pass(ctx, iteration, "generate", ref, prefix, prompts, seeds)
+
+The pass runs in the loop's process, or split over device processes or a SLURM job array
+(generator.devices / generator.shards, star/sharding.py) with the same output.
+"""
+
+from __future__ import annotations
+
+from star import sharding
+from star.model_cache import ModelRef, model_stamp
+from star.stages.context import StageContext
+from star.tasks.base import Example
+
+
+def run_pass(ctx: StageContext, iteration: int, name: str, ref: ModelRef, prefix: str, prompts: list[str],
+             seeds: list[int]) -> tuple[list[str], int]:
+    """(completions, new tokens written) of one pass over `prompts` with the model `ref`."""
+    cfg = ctx.cfg
+    kw = dict(max_new_tokens=cfg.task.max_new_tokens, stop=ctx.task.stop, temperature=cfg.sampling.temperature,
+              top_p=cfg.sampling.top_p, desc=f"iter {iteration} {name}")
+    split = sharding.mode(cfg.generator)
+    if split is None:
+        gen = ctx.generator(ctx.models.get(ref))
+        tokens_before = getattr(gen, "n_new_tokens", 0)
+        completions = gen.generate(prefix, prompts, seeds=seeds, **kw)
+        return completions, getattr(gen, "n_new_tokens", 0) - tokens_before
+    g = cfg.generator
+    wanted = len(sharding.resolve_devices(g.devices, cfg.model.device)) if split == "devices" else g.shards
+    spec = sharding.PassSpec(name=name, iteration=iteration, checkpoint=ref.checkpoint,
+                             model_stamp=model_stamp(ctx.run_dir, iteration - 1), prefix=prefix,
+                             questions=list(prompts), seeds=[int(s) for s in seeds], stop=list(kw.pop("stop")),
+                             batch_size=g.batch_size, n_shards=sharding.plan_shards(len(prompts), g.batch_size, wanted),
+                             **kw)
+    return sharding.run_pass(ctx.run_dir, cfg, spec, lambda: ctx.generator(ctx.models.get(ref)))
+
+
+def answer_row(ctx: StageContext, ex: Example, completion: str) -> dict:
+    """One line of generations.jsonl / rationalizations.jsonl: the answer as the task reads it."""
+    task = ctx.task
+    return {"id": ex.id, "question": ex.question, "gold": ex.answer, "completion": completion,
+            "answer": task.extract_answer(completion), "correct": task.is_correct(ex, completion),
+            "faithful": task.is_faithful(ex, completion)}

@@ -1,0 +1,138 @@
+"""Stages 2 and 4, filter and fine-tune: keep the correct answers (direct and rationalized), pair each
+with its question WITHOUT the hint, and fine-tune the base (or M(n-1)) on them -> M(n).
+
+Writes iter_NN/train.jsonl (the examples trained on) and iter_NN/checkpoint/ (M(n)); returns the
+train marker, which names M(n) (see star/model_cache.py). The fit runs in this process (spawning its
+own workers for DDP/FSDP), or as one SLURM job over several nodes (trainer.num_nodes > 1 or
+trainer.slurm_launch, star/training/slurm.py). Steps follow the schedule (`scheduled_steps`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from star import artifacts as A
+from star.evaluation import evaluate
+from star.faults import armed, crash_point
+from star.model_cache import BASE, ModelRef, model_ref
+from star.models import save_checkpoint
+from star.stages.context import StageContext
+from star.training import slurm as slurm_training
+from star.training.callbacks import CrashPointCallback, GenerationCallback
+from star.training.module import NonFiniteLossError
+
+
+def scheduled_steps(schedule_cfg, iteration: int, n_examples: int, batch_size: int) -> int:
+    """Optimizer steps for iteration n >= 1 (paper default: 40 * 1.2^(n-1))."""
+    k = iteration - 1
+    if schedule_cfg.mode == "exponential":
+        return max(1, round(schedule_cfg.base_steps * (1 + schedule_cfg.growth) ** k))
+    if schedule_cfg.mode == "linear":
+        return max(1, schedule_cfg.base_steps + schedule_cfg.increment * k)
+    if schedule_cfg.mode == "epoch":
+        epochs = schedule_cfg.base_epochs + schedule_cfg.epoch_growth * k
+        return max(1, math.ceil(epochs * n_examples / batch_size))
+    raise ValueError(f"schedule.mode must be exponential, linear or epoch, got '{schedule_cfg.mode}'")
+
+
+def kept_examples(ctx: StageContext, iteration: int) -> tuple[list[dict], int, int]:
+    """(training rows, n direct, n rationalized): the filter. Rows are {id, source, prompt, completion};
+    the prompt is the question without the hint, so the hint never reaches training. method.data=gold
+    trains on every question's gold completion instead."""
+    direct, rationalized = (
+        [r for r in A.read_jsonl(A.stage_file(ctx.run_dir, iteration, name)) if r["correct"]]
+        for name in ("generations.jsonl", "rationalizations.jsonl"))
+    if ctx.cfg.method.keep_only_faithful:
+        direct = [r for r in direct if r["faithful"] is not False]
+        rationalized = [r for r in rationalized if r["faithful"] is not False]
+    questions = ctx.train_questions(iteration)
+    if ctx.cfg.method.data == "gold":
+        write = ctx.task.direct_completion if ctx.cfg.method.direct else ctx.task.gold_rationale
+        rows = [{"id": ex.id, "source": "gold", "prompt": ctx.task.format_question(ex), "completion": write(ex)}
+                for ex in questions]
+        return rows, len(direct), len(rationalized)
+    by_id = {ex.id: ex for ex in questions}
+    rows = [{"id": r["id"], "source": source, "prompt": ctx.task.format_question(by_id[r["id"]]),
+             "completion": r["completion"]}
+            for source, kept in (("direct", direct), ("rationalized", rationalized)) for r in kept]
+    return rows, len(direct), len(rationalized)
+
+
+def train(ctx: StageContext, iteration: int) -> dict:
+    rows, n_direct, n_rationalized = kept_examples(ctx, iteration)
+    A.write_jsonl(A.stage_file(ctx.run_dir, iteration, "train.jsonl"), rows)
+    counts = {"n_examples": len(rows), "n_direct": n_direct, "n_rationalized": n_rationalized}
+    start = BASE if ctx.cfg.method.restart_from_base else model_ref(ctx.run_dir, iteration - 1)
+    if not rows or not ctx.cfg.method.train:
+        # Nothing kept (or a method that never trains): M(n) is the start model.
+        return {"checkpoint": start.checkpoint, "prompted": start.prompted, **counts, "steps": 0, "loss": None,
+                "train_tokens_per_s": None}
+    trained = ModelRef(A.checkpoint_of_iteration(iteration), ctx.cfg.method.keep_prompt_in_training)
+    steps = scheduled_steps(ctx.cfg.schedule, iteration, len(rows), ctx.cfg.trainer.batch_size)
+    fit = fit_on_slurm if slurm_training.enabled(ctx.cfg.trainer) else fit_here
+    stats, extra = fit(ctx, iteration, start, trained, rows, steps)
+    info = {"checkpoint": trained.checkpoint, "prompted": trained.prompted, **counts, "steps": stats.steps,
+            "loss": stats.loss, "train_tokens_per_s": stats.tokens_per_s}
+    if getattr(stats, "setup", None):
+        info["trainer"] = stats.setup  # strategy, world size, precision, LoRA: what actually ran
+    return {**info, **extra}
+
+
+def training_prefix(ctx: StageContext, trained: ModelRef) -> str:
+    """The few-shot prompt kept in the training text (method.keep_prompt_in_training), else ""."""
+    return ctx.fewshot_prefix() if trained.prompted else ""
+
+
+def fit_here(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelRef, rows: list[dict], steps: int):
+    """Fine-tune a copy of the start model in this process and save it as M(n). Returns (FitStats, extra
+    marker keys: the generation callback's dev curve)."""
+    cfg = ctx.cfg
+    model = copy.deepcopy(ctx.models.get(start))  # the base itself stays untouched for later iterations
+    ctx.models.forget()
+    dev_callback = generation_callback(ctx, trained) if cfg.trainer.eval_every_n_steps else None
+    callbacks = [c for c in (dev_callback,) if c is not None]
+    if armed(f"{iteration}/train/step_"):  # fault tests: die mid-training
+        callbacks.append(CrashPointCallback(f"{iteration}/train"))
+    crash_point(f"{iteration}/train/before_fit")
+    try:
+        stats = ctx.finetune_fn(model, ctx.models.tokenizer, rows, steps=steps, trainer_cfg=cfg.trainer,
+                                seed=ctx.seed(iteration, "train"), prefix=training_prefix(ctx, trained),
+                                callbacks=callbacks, progress=cfg.generator.progress, lora=cfg.model.lora)
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"iteration {iteration}: {e}") from None
+    crash_point(f"{iteration}/train/after_fit")
+    save_checkpoint(model, ctx.models.tokenizer, ctx.run_dir / trained.checkpoint,
+                    max_shard_size=cfg.checkpoint.max_shard_size)
+    ctx.models.put(trained, model)
+    extra = {}
+    if dev_callback is not None:
+        extra["dev_curve"] = [{k: v for k, v in h.items() if k in ("step", "accuracy")} for h in dev_callback.history]
+    return stats, extra
+
+
+def fit_on_slurm(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelRef, rows: list[dict],
+                 steps: int):
+    """The fit as one SLURM job over num_nodes x devices tasks; its rank 0 saves M(n). Returns (FitStats, {})."""
+    job_dir, job_record = A.slurm_train_paths(ctx.run_dir, iteration)
+    crash_point(f"{iteration}/train/before_fit")
+    stats = slurm_training.fit_on_slurm(
+        ctx.cfg, start=None if start.checkpoint is None else ctx.run_dir / start.checkpoint, rows=rows, steps=steps,
+        seed=ctx.seed(iteration, "train"), prefix=training_prefix(ctx, trained),
+        save_to=ctx.run_dir / trained.checkpoint, job_dir=job_dir, job_record=job_record, desc=f"iter {iteration} train")
+    crash_point(f"{iteration}/train/after_fit")
+    ctx.models.forget()  # eval loads M(n) from the checkpoint the job wrote
+    return stats, {}
+
+
+def generation_callback(ctx: StageContext, trained: ModelRef) -> GenerationCallback:
+    """Dev accuracy every trainer.eval_every_n_steps steps of the fit, on callback_dev_size dev questions,
+    asked in the format the model is being trained on."""
+    dev = ctx.task.load("dev")[: ctx.cfg.trainer.callback_dev_size]
+    prefix = training_prefix(ctx, trained)
+
+    def evaluate_fn(model) -> dict:
+        result = evaluate(ctx.generator(model), ctx.task, dev, prefix, ctx.cfg.task.max_new_tokens, desc="fit eval")
+        return {"accuracy": result["accuracy"]}
+
+    return GenerationCallback(evaluate_fn, every_n_steps=ctx.cfg.trainer.eval_every_n_steps, at_fit_end=False)
