@@ -65,6 +65,11 @@ def hydra_config(run_dir: Path) -> Path:
     return Path(run_dir) / HYDRA_CONFIG
 
 
+def hydra_overrides(run_dir: Path) -> Path:
+    """The command line's overrides of the run (written by Hydra)."""
+    return Path(run_dir) / HYDRA_CONFIG.parent / "overrides.yaml"
+
+
 def metrics_of(run_dir: Path, iteration: int) -> Path:
     """iter_NN/metrics.json: written by the last stage, so its presence means the iteration finished."""
     return stage_file(run_dir, iteration, "metrics.json")

@@ -67,6 +67,9 @@ class RationalizationConfig:
     # Rationalize with the few-shot exemplars shown WITH their hints (the model sees how a
     # hint is used), also for fine-tuned models that are otherwise asked without a prompt.
     hinted_prompt: bool = True
+    # Show the hinted exemplars to fine-tuned models too; false: a model fine-tuned without the few-shot
+    # prompt is asked as it was trained (no prefix), the hint in the question only (a shorter, cheaper pass).
+    hinted_prompt_for_finetuned: bool = True
     # Debug only: "rationalizations" are the task's gold rationales instead of model output,
     # so a random-weight model (model=tiny) still has something to fine-tune on.
     gold_oracle: bool = False
@@ -279,7 +282,8 @@ def inactive_settings(cfg: Any) -> list[str]:
     slurm_fit = cfg.trainer.num_nodes > 1 or cfg.trainer.slurm_launch
     rules = [
         (not cfg.rationalization.enabled, "rationalization", RationalizationConfig,
-         ("p_rationalization", "hinted_prompt", "gold_oracle"), "rationalization.enabled=false"),
+         ("p_rationalization", "hinted_prompt", "hinted_prompt_for_finetuned", "gold_oracle"),
+         "rationalization.enabled=false"),
         (cfg.sampling.temperature == 0, "sampling", SamplingConfig, ("top_p",), "sampling.temperature=0, greedy"),
         (True, "schedule", ScheduleConfig, schedule_unread, f"schedule.mode={cfg.schedule.mode}"),
         (not cfg.model.lora.enabled, "model.lora", LoraConfig, ("r", "alpha", "dropout", "target_modules"),

@@ -2,7 +2,7 @@
 
     iteration 0:  eval (the few-shot base M0 on dev) -> log
     iteration n:  generate -> rationalize -> train (filter, then fine-tune -> M(n)) -> eval -> log
-    stop:         after n_iterations, or when dev accuracy plateaus (plateau_patience)
+    stop:         after n_iterations, or when dev accuracy plateaus (plateau_patience; test is never read)
 
 Each stage (star/stages/) writes its files atomically; the loop then writes the stage's marker
 `iter_NN/<stage>.done` (its counts and time). A restarted run skips every stage with a marker and
@@ -65,6 +65,9 @@ class StarLoop:
         """Run every unfinished stage; return one metrics dict per finished iteration."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.redo_corrupt_stages()
+        if "test" not in self.task.splits:
+            print(f"[star] task {self.cfg.task.name} has no test split here (set task.data_files.test to add one): "
+                  "every accuracy reported is dev, the split the plateau stop and the best checkpoint select on")
         history = []
         for iteration in range(self.cfg.n_iterations + 1):
             self.run_iteration(iteration)

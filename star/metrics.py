@@ -1,7 +1,10 @@
 """The metrics of one iteration, read back from its files and stage markers (DESIGN.md, "Metrics").
 
     metrics, samples = iteration_metrics(run_dir, 1, n_samples=8)
-    metrics["eval/accuracy"], metrics["gen/solve_rate"], metrics["data/train_fraction"]
+    metrics["eval/accuracy"], metrics["test/accuracy"], metrics["gen/solve_rate"], metrics["data/train_fraction"]
+
+eval/* is the dev split (every selection reads it), test/* the test split (reported only; absent
+when the task has no test split); eval/n and test/n count their questions.
 
 `samples` are the table of example outputs W&B shows: the first dev answers, and the first kept
 direct and rationalized completions. Everything is derived from files already written, so a log
@@ -17,9 +20,12 @@ from star import artifacts as A
 
 def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[dict, list[dict]]:
     ev = A.read_json(A.stage_file(run_dir, iteration, "eval.json"))
-    metrics: dict = {"iteration": iteration, "eval/accuracy": ev["accuracy"]}
-    for cls, acc in ev["per_class"].items():
-        metrics[f"eval/accuracy/{cls}"] = acc
+    metrics: dict = {"iteration": iteration}
+    # eval/* is dev (what selection reads); test/* is the reported split, when the task has one.
+    for prefix, split in (("eval", ev), ("test", ev.get("test"))):
+        if split is not None:
+            metrics.update({f"{prefix}/accuracy": split["accuracy"], f"{prefix}/n": split["n"]})
+            metrics.update({f"{prefix}/accuracy/{cls}": acc for cls, acc in split["per_class"].items()})
     metrics["time/eval_s"] = A.read_done(run_dir, iteration, "eval")["seconds"]
     samples = [{"iteration": iteration, "kind": "eval", **s} for s in ev["samples"]]
     if iteration == 0:

@@ -56,7 +56,7 @@ def check_slurm_available(cfg: Any) -> None:
 
 
 def check_task_data(cfg: Any) -> None:
-    """Build the task and read both splits and the prompt: bad data fails before any model loads.
+    """Build the task and read its splits and the prompt: bad data fails before any model loads.
 
     Tasks raise ValueError for problems in their config or data (too few problems for the
     requested size, a malformed row, an empty prompt file); here that becomes a ConfigError.
@@ -64,7 +64,8 @@ def check_task_data(cfg: Any) -> None:
     try:
         task = build_task(cfg.task, seed=cfg.seed)
         train = task.load("train")
-        task.load("dev")
+        for split in task.splits:
+            task.load(split)
         task.fewshot_prompt(direct=cfg.method.direct)
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from None

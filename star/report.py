@@ -3,6 +3,7 @@ prints at its end (`iteration_table`, used by the `star` CLI).
 
     star-report outputs/sweeps/2026-01-01/12-00-00          # a sweep: every run under it
     star-report RUN_A RUN_B SWEEP --out my_report/           # run and sweep directories, mixed
+    star-report SWEEP --baseline ablation=default            # plus paired differences against that group
     print(iteration_table(history))                          # history: one metrics.json dict per iteration
 
 A run directory holds `.hydra/config.yaml` and `iter_00/`; a sweep directory holds run directories
@@ -11,10 +12,12 @@ at any depth (`report/` folders are skipped). An iteration counts once its `iter
 iterations it has finished and marked `running`.
 
 Written to --out (default: `report/` inside the first PATH):
-    report.md       the summary table (runs grouped over seeds, the paper's GPT-J numbers beside),
-                    then each run's iteration-by-iteration table
+    report.md       the summary table (runs grouped over seeds: test accuracy, the headline, and dev
+                    accuracy with mean, std and 95% interval; the paper's GPT-J numbers beside), the
+                    paired differences against --baseline, then each run's iteration-by-iteration table
     report.csv      the summary table, numbers unformatted
     runs.csv        one row per run: the values the summary averages
+    ablations.csv   with --baseline: the paired differences
     accuracy.png    dev accuracy vs iteration, one line per run
     train_data.png  training data used (direct + rationalized, stacked) vs iteration
     per_class.png   dev accuracy per class (arithmetic: digit count) x iteration, one heat map per run,
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from star import artifacts as A
+from star.stats import over_seeds, paired
 
 # ------------------------------------------------------------------ the per-iteration table
 
@@ -50,17 +54,18 @@ def _secs(x) -> str:
 
 
 def iteration_table(history: list[dict]) -> str:
-    """A Markdown table: iteration, solve rate, rationalized, train fraction, dev accuracy
-    overall and per class, and stage times (seconds)."""
+    """A Markdown table: iteration, solve rate, rationalized, train fraction, dev accuracy overall
+    and per class, test accuracy (when the task has a test split), and stage times (seconds)."""
     classes = _classes(history)
+    has_test = any("test/accuracy" in h for h in history)
     stages = ("generate", "rationalize", "train", "eval")
     header = (["iter", "solve %", "rationalized %", "train data %", "dev acc %"]
-              + [f"dev {c} %" for c in classes] + [f"{s} s" for s in stages])
+              + [f"dev {c} %" for c in classes] + (["test acc %"] if has_test else []) + [f"{s} s" for s in stages])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for h in history:
         cells = [str(h["iteration"]), _pct(h.get("gen/solve_rate")), _pct(h.get("gen/rationalized_rate")),
                  _pct(h.get("data/train_fraction")), _pct(h.get("eval/accuracy"))]
-        cells += [_pct(h.get(f"eval/accuracy/{c}")) for c in classes]
+        cells += [_pct(h.get(f"eval/accuracy/{c}")) for c in classes] + ([_pct(h.get("test/accuracy"))] if has_test else [])
         cells += [_secs(h.get(f"time/{s}_s")) for s in stages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -123,6 +128,7 @@ class Run:
     path: Path
     config: dict
     history: list[dict]
+    overrides: tuple[str, ...] = ()   # the command line's overrides (.hydra/overrides.yaml), seed excluded
 
     def get(self, dotted: str, default=None):
         node = self.config
@@ -180,6 +186,17 @@ class Run:
     def dev_acc(self) -> float | None:
         acc = (self.last or {}).get("eval/accuracy")
         return None if acc is None else 100 * acc
+
+    @property
+    def test_acc(self) -> float | None:
+        acc = (self.last or {}).get("test/accuracy")
+        return None if acc is None else 100 * acc
+
+    @property
+    def n_questions(self) -> tuple[int | None, int | None]:
+        """(dev, test) questions the last iteration's accuracies rest on."""
+        last = self.last or {}
+        return last.get("eval/n"), last.get("test/n")
 
     @property
     def train_pct(self) -> float | str | None:
@@ -260,7 +277,10 @@ def read_run(path: Path) -> Run:
             history.append(json.loads(metrics.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as e:
             raise ReportError(f"cannot read {metrics}: {e}") from None
-    return Run(path, config, history)
+    overrides_file = A.hydra_overrides(path)
+    overrides = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) if overrides_file.is_file() else []
+    kept = tuple(o for o in overrides or [] if not o.startswith(("seed=", "hydra.", "hydra/")))
+    return Run(path, config, history, kept)
 
 
 # ------------------------------------------------------------------ grouping over seeds
@@ -336,34 +356,35 @@ def group_runs(runs: list[Run]) -> list[Group]:
                                                   g.settings))
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean, sample standard deviation (n-1; None below 2 values) and n, over the known values."""
-    xs = [v for v in values if isinstance(v, (int, float))]
-    if not xs:
-        return None, None, 0
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+def _pct_spread(values: list[float | None]) -> dict:
+    spread = over_seeds(values)
+    return {"mean": None if spread is None else spread.mean, "std": None if spread is None else spread.std,
+            "ci_low": None if spread is None else spread.low, "ci_high": None if spread is None else spread.high}
+
+
+def _span(values: list) -> str | int | None:
+    known = sorted({v for v in values if v is not None})
+    return None if not known else known[0] if len(known) == 1 else f"{known[0]}-{known[-1]}"
 
 
 def summarize(group: Group) -> dict:
     """One summary row, numbers unformatted (percent); the CSV writes exactly this."""
     runs = group.runs
     first = group.first
-    acc, acc_std, n = _mean_std([r.dev_acc for r in runs])
+    test, dev = _pct_spread([r.test_acc for r in runs]), _pct_spread([r.dev_acc for r in runs])
     train_values = [r.train_pct for r in runs]
-    if all(v == "~0" for v in train_values):
-        train, train_std = "~0", None
-    else:
-        train, train_std, _ = _mean_std(train_values)
-    direct, _, _ = _mean_std([r.direct_pct for r in runs])
-    rationalized, _, _ = _mean_std([r.rationalized_pct for r in runs])
+    train = {"mean": "~0", "std": None} if all(v == "~0" for v in train_values) else _pct_spread(train_values)
     lasts = [r.last_iteration for r in runs]
     paper_acc, paper_train = PAPER.get((first.task, first.method), (None, None))
     return {
         "task": first.task, "method": first.method, "model": first.model, "settings": group.settings,
-        "seeds": ",".join(str(r.seed) for r in runs), "n": n,
-        "dev_acc_mean": acc, "dev_acc_std": acc_std,
-        "train_pct_mean": train, "train_pct_std": train_std,
-        "direct_pct_mean": direct, "rationalized_pct_mean": rationalized,
+        "seeds": ",".join(str(r.seed) for r in runs), "n": sum(r.dev_acc is not None for r in runs),
+        **{f"test_acc_{k}": v for k, v in test.items()}, **{f"dev_acc_{k}": v for k, v in dev.items()},
+        "n_test_questions": _span([r.n_questions[1] for r in runs]),
+        "n_dev_questions": _span([r.n_questions[0] for r in runs]),
+        "train_pct_mean": train["mean"], "train_pct_std": train["std"],
+        "direct_pct_mean": _pct_spread([r.direct_pct for r in runs])["mean"],
+        "rationalized_pct_mean": _pct_spread([r.rationalized_pct for r in runs])["mean"],
         "last_iteration_min": min((x for x in lasts if x is not None), default=None),
         "last_iteration_max": max((x for x in lasts if x is not None), default=None),
         "n_iterations": first.n_iterations, "status": group.status,
@@ -371,6 +392,45 @@ def summarize(group: Group) -> dict:
         "temperature": first.get("sampling.temperature"), "schedule": first.get("schedule.mode"),
         "runs": ";".join(str(r.path) for r in runs),
     }
+
+
+# ------------------------------------------------------------------ ablations: paired differences
+
+
+def find_baseline(groups: list[Group], baseline: str) -> Group:
+    """The one group whose runs were all started with the override `baseline` (e.g. "ablation=default")."""
+    found = [g for g in groups if all(baseline in r.overrides for r in g.runs)]
+    if len(found) != 1:
+        choices = sorted({o for g in groups for r in g.runs for o in r.overrides})
+        raise ReportError(f"--baseline {baseline} matches {len(found)} groups, not one; give one override that "
+                          f"only the baseline's runs have, e.g. one of: {', '.join(choices) or '(no overrides)'}")
+    return found[0]
+
+
+def one_setting_apart(a: Group, b: Group) -> str | None:
+    """The one override (key=value) in which a's runs differ from b's, or None when they differ in none or more."""
+    as_dict = lambda g: dict(o.split("=", 1) for o in g.first.overrides if "=" in o)  # noqa: E731
+    da, db = as_dict(a), as_dict(b)
+    keys = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
+    return f"{keys[0]}={da.get(keys[0], '(unset)')}" if len(keys) == 1 else None
+
+
+def ablation_rows(groups: list[Group], baseline: Group) -> list[dict]:
+    """For each group of the baseline's task that differs from it in one override and shares seeds: the
+    paired difference (group - baseline) of test and dev accuracy over the shared seeds, in points."""
+    rows = []
+    for g in groups:
+        setting = one_setting_apart(g, baseline) if g is not baseline and g.first.task == baseline.first.task else None
+        if setting is None:
+            continue
+        by_seed = lambda grp, attr: {r.seed: getattr(r, attr) for r in grp.runs}  # noqa: E731
+        test = paired(by_seed(g, "test_acc"), by_seed(baseline, "test_acc"))
+        dev = paired(by_seed(g, "dev_acc"), by_seed(baseline, "dev_acc"))
+        shared = sorted({r.seed for r in g.runs} & {r.seed for r in baseline.runs}, key=str)
+        rows.append({"setting": setting, "group": g.name, "seeds": ",".join(map(str, shared)),
+                     **{f"test_diff_{k}": getattr(test, k, None) for k in ("mean", "std", "low", "high")},
+                     **{f"dev_diff_{k}": getattr(dev, k, None) for k in ("mean", "std", "low", "high")}})
+    return rows
 
 
 # ------------------------------------------------------------------ tables
@@ -382,6 +442,10 @@ def _num(x, std=None) -> str:
     if isinstance(x, str):
         return x
     return f"{x:.1f}" if std is None else f"{x:.1f} ± {std:.1f}"
+
+
+def _interval(low, high) -> str:
+    return "-" if low is None else f"[{low:.1f}, {high:.1f}]"
 
 
 def _iterations(row: dict) -> str:
@@ -399,30 +463,50 @@ def _paper(row: dict) -> str:
     return f"{acc:.1f} ({train}% data)" if isinstance(train, str) else f"{acc:.1f} ({train:.1f}% data)"
 
 
-SUMMARY_HEADER = ["task", "method", "model", "settings", "seeds", "n", "dev acc %", "train data %",
-                  "direct %", "rationalized %", "iterations", "status", "paper (GPT-J)"]
+SUMMARY_HEADER = ["task", "method", "model", "settings", "seeds", "n", "test acc %", "test 95% CI", "dev acc %",
+                  "dev 95% CI", "questions dev / test", "train data %", "direct %", "rationalized %", "iterations",
+                  "status", "paper (GPT-J)"]
 
 
-def summary_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
-    for r in rows:
-        cells = [r["task"], r["method"], r["model"], r["settings"] or "-", r["seeds"], str(r["n"]),
-                 _num(r["dev_acc_mean"], r["dev_acc_std"]), _num(r["train_pct_mean"], r["train_pct_std"]),
-                 _num(r["direct_pct_mean"]), _num(r["rationalized_pct_mean"]), _iterations(r), r["status"],
-                 _paper(r) or "-"]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
-RUN_COLUMNS = ["task", "method", "model", "settings", "seed", "dev_acc", "train_pct", "direct_pct",
-               "rationalized_pct", "last_iteration", "n_iterations", "status", "path"]
+def summary_table(rows: list[dict]) -> str:
+    return _table(SUMMARY_HEADER, [
+        [r["task"], r["method"], r["model"], r["settings"] or "-", r["seeds"], str(r["n"]),
+         _num(r["test_acc_mean"], r["test_acc_std"]), _interval(r["test_acc_ci_low"], r["test_acc_ci_high"]),
+         _num(r["dev_acc_mean"], r["dev_acc_std"]), _interval(r["dev_acc_ci_low"], r["dev_acc_ci_high"]),
+         f"{r['n_dev_questions'] or '-'} / {r['n_test_questions'] or '-'}",
+         _num(r["train_pct_mean"], r["train_pct_std"]), _num(r["direct_pct_mean"]), _num(r["rationalized_pct_mean"]),
+         _iterations(r), r["status"], _paper(r) or "-"] for r in rows])
+
+
+ABLATION_HEADER = ["setting", "group", "paired seeds", "test diff (points)", "test 95% CI", "dev diff (points)",
+                   "dev 95% CI"]
+
+
+def ablation_table(rows: list[dict]) -> str:
+    return _table(ABLATION_HEADER, [
+        [r["setting"], r["group"], r["seeds"], _num(r["test_diff_mean"], r["test_diff_std"]),
+         _interval(r["test_diff_low"], r["test_diff_high"]), _num(r["dev_diff_mean"], r["dev_diff_std"]),
+         _interval(r["dev_diff_low"], r["dev_diff_high"])] for r in rows])
+
+
+RUN_COLUMNS = ["task", "method", "model", "settings", "seed", "test_acc", "dev_acc", "n_dev_questions",
+               "n_test_questions", "train_pct", "direct_pct", "rationalized_pct", "last_iteration", "n_iterations",
+               "status", "overrides", "path"]
 
 
 def run_rows(groups: list[Group]) -> list[dict]:
     return [{"task": r.task, "method": r.method, "model": r.model, "settings": g.settings, "seed": r.seed,
-             "dev_acc": r.dev_acc, "train_pct": r.train_pct, "direct_pct": r.direct_pct,
+             "test_acc": r.test_acc, "dev_acc": r.dev_acc, "n_dev_questions": r.n_questions[0],
+             "n_test_questions": r.n_questions[1], "train_pct": r.train_pct, "direct_pct": r.direct_pct,
              "rationalized_pct": r.rationalized_pct, "last_iteration": r.last_iteration,
-             "n_iterations": r.n_iterations, "status": r.status, "path": str(r.path)}
+             "n_iterations": r.n_iterations, "status": r.status, "overrides": " ".join(r.overrides),
+             "path": str(r.path)}
             for g in groups for r in g.runs]
 
 
@@ -440,30 +524,37 @@ def run_title(run: Run, group: Group) -> str:
     return f"{run.task} · {group.name} · {run.model} · seed {run.seed}"
 
 
-def markdown_report(groups: list[Group], rows: list[dict], plots: list[str]) -> str:
+HOW_TO_READ = [
+    "- **test acc %**, the headline: `test/accuracy` of each run's **last** finished iteration (not its best), "
+    "on the test split, which no selection rule reads (the plateau stop and the best checkpoint read dev). "
+    "Mean ± sample standard deviation (n-1) over the runs of a group (n runs, one per seed); runs are grouped "
+    "when their configs differ only in the seed. **95% CI**: a Student t interval over seeds, mean ± "
+    "t(0.975, n-1) · std / √n (none for one seed). `-` where the task had no test split.",
+    "- **dev acc %**: the same on dev (`eval/accuracy`), the split settings may be chosen on; **questions dev / "
+    "test**: how many questions each run's accuracies rest on.",
+    "- **train data %**: `data/train_fraction` of that iteration (examples trained on / training questions), "
+    "split into **direct** and **rationalized** over `data/n_questions`; few-shot methods train on nothing (~0).",
+    "- **iterations**: last finished iteration / `n_iterations`; **status**: `done` when every iteration "
+    "finished (or the run stopped on a plateau), `running` otherwise: its rows use the iterations finished so far.",
+    "- **settings**: the config keys that differ between groups of the same task, method and model.",
+    "- **paper (GPT-J)**: the paper's GPT-J 6B numbers, for scale only: CommonsenseQA dev accuracy (Table 1), "
+    "GSM8K test accuracy (Table 2), arithmetic after 16 iterations.",
+]
+
+
+def markdown_report(groups: list[Group], rows: list[dict], plots: list[str], ablations: list[dict] | None = None,
+                    baseline: Group | None = None) -> str:
     n_runs = sum(len(g.runs) for g in groups)
-    out = [
-        "# STaR report",
-        "",
-        f"{n_runs} run(s) in {len(groups)} group(s). How to read the summary:",
-        "",
-        "- **dev acc %**: `eval/accuracy` of each run's **last** finished iteration (not its best), "
-        "mean ± sample standard deviation (n-1) over the runs of a group (n); runs are grouped when "
-        "their configs differ only in the seed.",
-        "- **train data %**: `data/train_fraction` of that iteration (examples trained on / training "
-        "questions), split into **direct** (`data/n_direct`) and **rationalized** (`data/n_rationalized`) "
-        "over `data/n_questions`; few-shot methods train on nothing (~0).",
-        "- **iterations**: last finished iteration / `n_iterations`; **status**: `done` when every "
-        "iteration finished (or the run stopped on a plateau), `running` otherwise (still running, or "
-        "stopped before the end): its rows use the iterations finished so far.",
-        "- **settings**: the config keys that differ between groups of the same task, method and model.",
-        "- **paper (GPT-J)**: the paper's GPT-J 6B numbers, for scale only: CommonsenseQA dev accuracy "
-        "(Table 1), GSM8K test accuracy (Table 2), arithmetic after 16 iterations (STaR with "
-        "rationalization; direct fine-tuning on 10,000 examples).",
-        "",
-        summary_table(rows),
-        "",
-    ]
+    out = ["# STaR report", "", f"{n_runs} run(s) in {len(groups)} group(s). How to read the summary:", "",
+           *HOW_TO_READ, "", summary_table(rows), ""]
+    if baseline is not None:
+        out += ["## Ablations: paired differences against the baseline", "",
+                f"Baseline: {baseline.name} (`{' '.join(baseline.first.overrides) or 'no overrides'}`). Each row is a "
+                "group started with one override different from the baseline's: per seed the group's accuracy "
+                "minus the baseline's, then mean ± std and a 95% Student t interval over those paired "
+                "differences (points of accuracy; an interval that excludes 0 is a difference three seeds resolve).",
+                "", ablation_table(ablations or []) if ablations else "(no group differs from the baseline in one "
+                "override while sharing its seeds)", ""]
     if plots:
         out += ["Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
     out += ["## Runs", ""]
@@ -640,15 +731,20 @@ def plot_per_class(groups: list[Group], path: Path) -> bool:
 # ------------------------------------------------------------------ the command
 
 
-def write_report(paths: list[Path], out: Path | None = None, plots: bool = True) -> dict[str, Path]:
+def write_report(paths: list[Path], out: Path | None = None, plots: bool = True,
+                 baseline: str | None = None) -> dict[str, Path]:
     """Find and read every run under `paths`, write the tables (and plots) to `out` (default:
-    report/ inside the first path); return {file name: path} of what was written."""
+    report/ inside the first path); return {file name: path} of what was written. `baseline`: an
+    override only the baseline group's runs have (e.g. "ablation=default"): adds the paired differences
+    of the groups one override away from it (ablations.csv and a section of report.md)."""
     if not paths:
         raise ReportError("give at least one run or sweep directory")
     runs = [read_run(p) for p in find_runs(paths)]
+    groups = group_runs(runs)
+    base = find_baseline(groups, baseline) if baseline else None
+    ablations = ablation_rows(groups, base) if base is not None else None
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(runs)
     rows = [summarize(g) for g in groups]
     written = {}
     if plots:
@@ -660,7 +756,11 @@ def write_report(paths: list[Path], out: Path | None = None, plots: bool = True)
             written["per_class.png"] = out / "per_class.png"
     (out / "report.csv").write_text(_csv(rows, list(rows[0])), encoding="utf-8")
     (out / "runs.csv").write_text(_csv(run_rows(groups), RUN_COLUMNS), encoding="utf-8")
-    (out / "report.md").write_text(markdown_report(groups, rows, list(written)) + "\n", encoding="utf-8")
+    if ablations:
+        (out / "ablations.csv").write_text(_csv(ablations, list(ablations[0])), encoding="utf-8")
+        written["ablations.csv"] = out / "ablations.csv"
+    (out / "report.md").write_text(markdown_report(groups, rows, list(written), ablations, base) + "\n",
+                                   encoding="utf-8")
     written["report.csv"] = out / "report.csv"
     written["runs.csv"] = out / "runs.csv"
     written["report.md"] = out / "report.md"
@@ -676,9 +776,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the report (default: report/ inside the first PATH)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    parser.add_argument("--baseline", metavar="OVERRIDE", default=None,
+                        help="an override only the baseline group's runs were started with (e.g. ablation=default): "
+                             "adds paired differences against it for the groups one override away")
     args = parser.parse_args(argv)
     try:
-        written = write_report(args.paths, args.out, plots=not args.no_plots)
+        written = write_report(args.paths, args.out, plots=not args.no_plots, baseline=args.baseline)
     except ReportError as e:
         print(f"star-report: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -24,8 +24,8 @@ from star.tasks.arithmetic import (
 from star.tasks.base import Example, Task
 
 
-def make(digits=(1, 2, 3), train=300, dev=60, seed=0, **kw):
-    return ArithmeticTask(digits=list(digits), train_size=train, dev_size=dev, seed=seed, **kw)
+def make(digits=(1, 2, 3), train=300, dev=60, seed=0, test=60, **kw):
+    return ArithmeticTask(digits=list(digits), train_size=train, dev_size=dev, test_size=test, seed=seed, **kw)
 
 
 def ex(a, b):
@@ -37,23 +37,32 @@ def pairs(examples):
     return [(e.meta["a"], e.meta["b"]) for e in examples]
 
 
+def problems(examples):
+    """The examples' problems as unordered pairs (a + b and b + a are one problem)."""
+    return [tuple(sorted(p)) for p in pairs(examples)]
+
+
+SPLITS = ("train", "dev", "test")
+
+
 # ----------------------------------------------------------------------------- data
 
 def test_registry_builds_task_and_protocol():
-    cfg = SimpleNamespace(name="arithmetic", digits=[1, 2], train_size=10, dev_size=4)
+    cfg = SimpleNamespace(name="arithmetic", digits=[1, 2], train_size=10, dev_size=4, test_size=5)
     task = build_task(cfg, seed=3)
     assert isinstance(task, ArithmeticTask) and isinstance(task, Task)
-    assert (task.digits, task.train_size, task.dev_size, task.seed) == ([1, 2], 10, 4, 3)
+    assert (task.digits, task.train_size, task.dev_size, task.test_size, task.seed) == ([1, 2], 10, 4, 5, 3)
+    assert task.splits == SPLITS
     assert task.stop == ("\n\n",)
 
 
-@pytest.mark.parametrize("split", ["train", "dev"])
+@pytest.mark.parametrize("split", SPLITS)
 def test_same_seed_same_data(split):
     assert make(seed=7).load(split) == make(seed=7).load(split)
     assert pairs(make(seed=7).load(split)) == pairs(make(seed=7).load(split))
 
 
-@pytest.mark.parametrize("split", ["train", "dev"])
+@pytest.mark.parametrize("split", SPLITS)
 def test_different_seed_different_data(split):
     assert pairs(make(seed=0).load(split)) != pairs(make(seed=1).load(split))
 
@@ -62,11 +71,11 @@ def test_different_seed_different_data(split):
     ([1, 2, 3], 300, 60),
     ([5], 50, 7),
     ([2, 4], 11, 5),
-    ([1, 2, 3, 4, 5], 1000, 100),  # the default config: 1-digit pool runs dry in train
+    ([1, 2, 3, 4, 5], 1000, 100),  # the default config: the 1-digit pool is shared out by the caps
 ])
 def test_sizes_ids_and_digit_counts(digits, train, dev):
-    task = make(digits, train, dev)
-    for split, size in [("train", train), ("dev", dev)]:
+    task = make(digits, train, dev, test=dev)
+    for split, size in [("train", train), ("dev", dev), ("test", dev)]:
         exs = task.load(split)
         assert len(exs) == size
         assert [e.id for e in exs] == [f"{split}-{i:06d}" for i in range(size)]
@@ -85,53 +94,75 @@ def test_dev_round_robin_balanced():
     assert Counter(e.meta["digits"] for e in dev) == {d: 10 for d in range(1, 6)}
 
 
-def test_train_balanced_until_a_pool_runs_dry():
-    # 1 digit has 100 pairs; dev takes 20, so train gets the 80 left and the rest
-    # is spread evenly over the other digit counts.
-    task = make([1, 2, 3, 4, 5], 1000, 100)
-    counts = Counter(e.meta["digits"] for e in task.load("train"))
-    assert counts == {1: 80, 2: 230, 3: 230, 4: 230, 5: 230}
+def test_dev_and_test_hold_at_most_a_third_of_a_small_pool():
+    # 53 one-digit problems (55 less the exemplars 3 + 4 and 8 + 6): dev and test 17 each (a third),
+    # train the 19 left; the rest of each split is spread round-robin over the other digit counts.
+    task = make([1, 2, 3, 4, 5], 1000, 100, test=100)
+    assert Counter(e.meta["digits"] for e in task.load("train")) == {1: 19, 2: 246, 3: 245, 4: 245, 5: 245}
+    for split in ("dev", "test"):
+        assert Counter(e.meta["digits"] for e in task.load(split)) == {1: 17, 2: 21, 3: 21, 4: 21, 5: 20}
 
 
-@pytest.mark.parametrize("digits,train,dev", [([1, 2, 3], 300, 60), ([1], 60, 40), ([1, 2], 400, 100)])
-def test_train_dev_disjoint_and_unique(digits, train, dev):
-    task = make(digits, train, dev)
-    tr, dv = pairs(task.load("train")), pairs(task.load("dev"))
-    assert len(set(tr)) == len(tr) and len(set(dv)) == len(dv)
-    assert not set(tr) & set(dv)
+@pytest.mark.parametrize("digits,train,dev,test", [([1, 2, 3], 300, 60, 60), ([1], 30, 12, 11), ([1, 2], 400, 100, 50)])
+def test_splits_disjoint_and_unique_as_unordered_problems(digits, train, dev, test):
+    task = make(digits, train, dev, test=test)
+    drawn = {split: problems(task.load(split)) for split in SPLITS}
+    for split, probs in drawn.items():
+        assert len(set(probs)) == len(probs), split
+    assert not set(drawn["train"]) & set(drawn["dev"])
+    assert not set(drawn["train"]) & set(drawn["test"])
+    assert not set(drawn["dev"]) & set(drawn["test"])
 
 
 def test_one_digit_pool_exhausted_exactly():
-    task = make([1], 70, 30)
-    allp = set(pairs(task.load("train"))) | set(pairs(task.load("dev")))
-    assert allp == {(a, b) for a in range(10) for b in range(10)}
+    task = make([1], 30, 12, test=11)
+    drawn = {p for split in SPLITS for p in problems(task.load(split))}
+    every = {(a, b) for a in range(10) for b in range(a, 10)}
+    assert len(every) == 55 and drawn == every - {(3, 4), (6, 8)}  # all but the exemplars'
+
+
+def test_orientation_is_drawn_from_the_seed():
+    shown = pairs(make([2], 200, 10, test=10).load("train"))
+    assert any(a < b for a, b in shown) and any(a > b for a, b in shown)
 
 
 def test_large_pools_rejection_sampling_never_repeats():
-    # 3+ digit pools are rejection-sampled; 5000 draws from 810,000 pairs would almost
-    # surely repeat one (p ~ 1 - e^-15) if duplicates were not rejected.
+    # 3+ digit pools are rejection-sampled; 5000 draws from 405,450 problems would almost
+    # surely repeat one (p ~ 1 - e^-30) if duplicates were not rejected.
     from itertools import islice
     from star.tasks.arithmetic import pair_stream
-    drawn = list(islice(pair_stream(3, random.Random("dup")), 5000))
-    assert len(set(drawn)) == 5000
+    drawn = list(islice(pair_stream(3, random.Random("dup"), exclude={(508, 293)}), 5000))
+    assert len({tuple(sorted(p)) for p in drawn}) == 5000
     assert all(100 <= a <= 999 and 100 <= b <= 999 for a, b in drawn)
+    assert (293, 508) not in drawn and (508, 293) not in drawn
 
 
-def test_train_size_too_large_raises_with_fix():
-    with pytest.raises(ValueError, match="task.train_size=71.*lower task.train_size"):
-        make([1], 71, 30).load("train")
-    with pytest.raises(ValueError, match="task.dev_size=101"):
-        make([1], 1, 101).load("dev")
+def test_sizes_too_large_raise_with_the_sizes_that_fit():
+    # 53 one-digit problems for 71 questions: dev and test fit (a third each), train gets the 23 left.
+    with pytest.raises(ValueError) as e:
+        make([1], 41, 15, test=15).load("train")
+    assert str(e.value).startswith("task.train_size=41 cannot be met without reusing a problem: with digits [1] "
+                                   "there are 53 problems")
+    assert "train at most 23, dev at most 17, test at most 17" in str(e.value)
+    assert str(e.value).endswith("lower task.train_size/dev_size/test_size or add digit counts to task.digits")
+    # Every split is checked whichever is loaded first.
+    with pytest.raises(ValueError, match="task.dev_size=101 and task.test_size=20 cannot be met"):
+        make([1], 1, 101, test=20).load("train")
 
 
-def test_dev_does_not_depend_on_train_size_and_digit_streams_are_independent():
-    assert make(train=10).load("dev") == make(train=500).load("dev")
+def test_dev_and_test_do_not_depend_on_train_size_and_digit_streams_are_independent():
+    # Dev and test draw first, with caps that do not depend on train_size: it moves neither.
+    for digits in ([2, 3], [1, 2]):
+        for split in ("dev", "test"):
+            assert make(digits, train=10).load(split) == make(digits, train=500).load(split)
     # The 2-digit problems come from their own stream: same ones with or without 3.
     two_a = [p for p, e in zip(pairs(make([1, 2], 0, 40).load("dev")), make([1, 2], 0, 40).load("dev"))
              if e.meta["digits"] == 2]
     two_b = [p for p, e in zip(pairs(make([2, 3], 0, 40).load("dev")), make([2, 3], 0, 40).load("dev"))
              if e.meta["digits"] == 2]
-    assert two_a == two_b
+    # The mixes differ ([1, 2] has only 17 one-digit problems to give), so one list is longer: same order.
+    n = min(len(two_a), len(two_b))
+    assert n >= 20 and two_a[:n] == two_b[:n]
 
 
 def test_load_is_cached_and_returns_copies():
@@ -142,9 +173,9 @@ def test_load_is_cached_and_returns_copies():
     assert task.load("dev")[0] is task.load("dev")[0]  # same cached objects
 
 
-@pytest.mark.parametrize("split", ["test", "validation", "", "TRAIN"])
+@pytest.mark.parametrize("split", ["validation", "", "TRAIN"])
 def test_unsupported_split_raises(split):
-    with pytest.raises(ValueError, match="valid splits: train, dev"):
+    with pytest.raises(ValueError, match="valid splits: train, dev, test"):
         make().load(split)
 
 

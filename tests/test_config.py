@@ -105,9 +105,11 @@ OPTION_KEYS = [
     (["model=tiny", "model.lora.r=4"], None, ["model.lora.r=4 (model.lora.enabled=false)"]),
     (["method.restart=false"], "method.restart is not a key of method", []),
     (["rationalization=off", "rationalization.p_rationalization=0.5"], None,
-     ["rationalization.p_rationalization=0.5 (rationalization.enabled=false)"]),
+     ["rationalization.p_rationalization=0.5 (rationalization.enabled=false)",
+      # set by the default experiment, and without effect once rationalization is off
+      "rationalization.hinted_prompt_for_finetuned=false (rationalization.enabled=false)"]),
     (["sampling.top_p=0.9"], None, ["sampling.top_p=0.9 (sampling.temperature=0, greedy)"]),
-    (["schedule=linear", "schedule.increment=5"], None, ["schedule.growth=-0.5 (schedule.mode=linear)"]),
+    (["schedule=linear", "schedule.increment=5"], None, ["schedule.growth=0.0 (schedule.mode=linear)"]),
     (["~experiment", "schedule=epoch"], None, []),
     (["trainer.sharding_strategy=NO_SHARD"], None, ["trainer.sharding_strategy=NO_SHARD (trainer.strategy=auto)"]),
     (["trainer=fsdp", "trainer.sharding_strategy=NO_SHARD"], None, []),
@@ -117,6 +119,9 @@ OPTION_KEYS = [
     (["experiment=cqa_gptj_star"], None, []),
     (["debug_task=fast_arithmetic"], None, []),
     (["hydra/launcher=slurm", "hydra.launcher.partition=debug"], None, []),
+    (["ablation=temperature", "sampling.top_p=0.8"], None, []),
+    (["~experiment", "ablation=rationalization_off", "rationalization.p_rationalization=0.5"], None,
+     ["rationalization.p_rationalization=0.5 (rationalization.enabled=false)"]),
 ]
 
 

@@ -26,7 +26,7 @@ HOLDOUT_MAX_FALSE_POSITIVE_RATE = 0 / 27
 
 
 def files(split_dir: str = "cqa") -> dict:
-    return {"train": str(DATA / split_dir / "train.jsonl"), "dev": str(DATA / split_dir / "dev.jsonl")}
+    return {split: str(DATA / split_dir / f"{split}.jsonl") for split in ("train", "dev", "test")}
 
 
 def make(train: int = 100, dev: int = 100, **kw) -> CqaTask:
@@ -153,12 +153,13 @@ def test_holdout_rates_stay_at_or_below_the_reported_ones():
 # ----------------------------------------------------------------------------- task
 
 def test_registry_builds_task_and_protocol():
-    cfg = SimpleNamespace(name="cqa", train_size=5, dev_size=3, data_files=SimpleNamespace(**files()),
+    cfg = SimpleNamespace(name="cqa", train_size=5, dev_size=3, test_size=4, data_files=SimpleNamespace(**files()),
                           hub_id=None, hub_config=None)
     task = build_task(cfg, seed=0)
     assert isinstance(task, CqaTask) and isinstance(task, Task)
     assert task.stop == ("\n\n",) and task.name == "cqa"
-    assert len(task.load("train")) == 5 and len(task.load("dev")) == 3
+    assert [len(task.load(split)) for split in ("train", "dev", "test")] == [5, 3, 4]
+    assert task.splits == ("train", "dev", "test") and task.load("test")[0].id == "cqa-test-000"
     assert task.source.hub_id == "tau/commonsense_qa"
 
 
@@ -220,7 +221,7 @@ def test_fewshot_default_is_the_rationale_prompt_and_direct_has_the_same_questio
 
 def test_fewshot_questions_are_not_from_the_data():
     prompt = resources.files("star.tasks").joinpath("prompts", "cqa.txt").read_text(encoding="utf-8")
-    data = [json.loads(line)["question"] for split in ("train", "dev")
+    data = [json.loads(line)["question"] for split in ("train", "dev", "test")
             for line in (DATA / "cqa" / f"{split}.jsonl").read_text().splitlines()]
     assert not any(q in prompt for q in data)
 

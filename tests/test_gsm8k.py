@@ -37,7 +37,7 @@ HOLDOUT_MAX_FALSE_POSITIVE_RATE = 0 / 18
 
 
 def files() -> dict:
-    return {"train": str(DATA / "gsm8k" / "train.jsonl"), "dev": str(DATA / "gsm8k" / "dev.jsonl")}
+    return {split: str(DATA / "gsm8k" / f"{split}.jsonl") for split in ("train", "dev", "test")}
 
 
 def make(train: int = 100, dev: int = 100, **kw) -> Gsm8kTask:
@@ -190,7 +190,7 @@ def test_holdout_rates_stay_at_or_below_the_reported_ones():
 # ----------------------------------------------------------------------------- task
 
 def test_registry_builds_task_and_protocol():
-    cfg = SimpleNamespace(name="gsm8k", train_size=5, dev_size=3, data_files=SimpleNamespace(**files()),
+    cfg = SimpleNamespace(name="gsm8k", train_size=5, dev_size=3, test_size=4, data_files=SimpleNamespace(**files()),
                           hub_id=None, hub_config=None)
     task = build_task(cfg, seed=0)
     assert isinstance(task, Gsm8kTask) and isinstance(task, Task)
@@ -198,6 +198,8 @@ def test_registry_builds_task_and_protocol():
     assert (task.source.hub_id, task.source.hub_config) == ("openai/gsm8k", "main")
     assert [e.id for e in task.load("train")] == [f"train-{i:05d}" for i in range(5)]
     assert [e.id for e in task.load("dev")] == [f"dev-{i:05d}" for i in range(3)]
+    assert [e.id for e in task.load("test")] == [f"test-{i:05d}" for i in range(4)]
+    assert task.splits == ("train", "dev", "test")
 
 
 def test_hint_shows_the_final_number_never_the_solution():
@@ -273,7 +275,7 @@ def test_fewshot_default_is_the_rationale_prompt_and_direct_has_the_same_questio
 
 def test_fewshot_questions_are_not_from_the_data():
     prompt = resources.files("star.tasks").joinpath("prompts", "gsm8k.txt").read_text(encoding="utf-8")
-    data = [json.loads(line)["question"] for split in ("train", "dev")
+    data = [json.loads(line)["question"] for split in ("train", "dev", "test")
             for line in (DATA / "gsm8k" / f"{split}.jsonl").read_text().splitlines()]
     assert not any(q in prompt for q in data)
 

@@ -82,7 +82,7 @@ ALLOWED = {
     "memory": {"config", "models"},
     "sharding": {"slurm", "generation", "models", "artifacts"},
     "training": {"config", "models", "slurm", "artifacts", "faults"},
-    "report": {"artifacts", "loop"},
+    "report": {"artifacts", "loop", "stats"},
     "model_cache": {"models", "artifacts"},
     "metrics": {"artifacts"},
     "evaluation": {"tasks"},

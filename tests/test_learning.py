@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 # The default experiment on 1-2 digits, fewer questions: one iteration in a few minutes.
-ARGS = ["task.digits=[1,2]", "task.train_size=128", "task.dev_size=60", "n_iterations=1",
+ARGS = ["task.digits=[1,2]", "task.train_size=128", "task.dev_size=60", "task.test_size=60", "n_iterations=1",
         "schedule.base_steps=40", "rationalization=off", "seed=0", "logger=none", "generator.progress=false"]
 MARGIN = 0.20            # dev accuracy gain, iteration 0 -> 1, absolute
 MARGIN_PER_DIGIT = 0.10  # the same on 1-digit and on 2-digit questions

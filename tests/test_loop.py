@@ -270,16 +270,20 @@ def test_faithful_rate_and_keep_only_faithful(tmp_path, only_faithful):
     assert history[1]["data/n_examples"] == (30 - n_odd if only_faithful else 30)
 
 
-@pytest.mark.parametrize("hinted", [True, False])
-def test_rationalization_prompt_shows_hinted_exemplars(tmp_path, hinted):
-    loop, log = make_loop(tmp_path, ["n_iterations=2", f"rationalization.hinted_prompt={str(hinted).lower()}"])
+@pytest.mark.parametrize("hinted,for_finetuned", [(True, True), (False, True), (True, False)])
+def test_rationalization_prompt_shows_hinted_exemplars(tmp_path, hinted, for_finetuned):
+    loop, log = make_loop(tmp_path, ["n_iterations=2", f"rationalization.hinted_prompt={str(hinted).lower()}",
+                                     f"rationalization.hinted_prompt_for_finetuned={str(for_finetuned).lower()}"])
     loop.run()
     prefixes = {c["desc"]: c["prefix"] for c in log}
     hinted_prefix = loop.task.fewshot_prompt(hint=True)
     assert "(hint: the answer is 132)" in hinted_prefix
     for n in (1, 2):
-        expected = hinted_prefix if hinted else prefixes[f"iter {n} generate"]
+        # M0 is the prompted base; M1 was trained without the prompt (asked with "" unless shown hints).
+        shown = hinted and (n == 1 or for_finetuned)
+        expected = hinted_prefix if shown else prefixes[f"iter {n} generate"]
         assert prefixes[f"iter {n} rationalize"] == expected
+    assert prefixes["iter 2 generate"] == ""
 
 
 def test_fewshot_direct_asks_with_the_answers_only_prompt(tmp_path):
@@ -307,8 +311,9 @@ def test_direct_finetune_trains_on_every_gold_answer(tmp_path):
                for r, ex in zip(train, questions))
     assert seen == [train]
     assert history[1]["data/train_fraction"] == 1.0
-    assert [c["desc"] for c in log] == ["iter 0 eval", "iter 1 eval"]  # no generation, no rationalization
-    assert log[0]["prefix"] == loop.task.fewshot_prompt(direct=True) and log[1]["prefix"] == ""
+    # No generation, no rationalization: only dev and test evaluations.
+    assert [c["desc"] for c in log] == ["iter 0 eval", "iter 0 test", "iter 1 eval", "iter 1 test"]
+    assert log[0]["prefix"] == log[1]["prefix"] == loop.task.fewshot_prompt(direct=True) and log[2]["prefix"] == ""
 
 
 def test_gold_rationales_need_a_task_that_has_them():

@@ -15,7 +15,7 @@ from star.tasks.gsm8k import answer_value as gsm8k_answer_value
 from star.tasks.reasoning_gym import N_EXEMPLARS, STOP, ReasoningGymTask, extract_answer
 from tests.conftest import compose_config, run_star
 
-SMALL = dict(train_size=40, dev_size=20)
+SMALL = dict(train_size=40, dev_size=20, test_size=20)
 # A small pool (about 120 distinct "a + b" questions), so duplicates across and within streams occur.
 TINY_POOL = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=["+"],
                  allow_negation=False, allow_parentheses=False)
@@ -86,30 +86,34 @@ def test_multiline_answers_read_whole():
 
 def test_deterministic_from_the_seed(task):
     again = ReasoningGymTask("basic_arithmetic", seed=0, **SMALL)
-    assert task.load("train") == again.load("train") and task.load("dev") == again.load("dev")
+    assert all(task.load(split) == again.load(split) for split in ("train", "dev", "test"))
     assert task.fewshot_prompt() == again.fewshot_prompt()
     other = ReasoningGymTask("basic_arithmetic", seed=1, **SMALL)
     assert questions(other.load("train")) != questions(task.load("train"))
-    assert len(task.load("train")) == 40 and len(task.load("dev")) == 20
+    assert [len(task.load(split)) for split in ("train", "dev", "test")] == [40, 20, 20]
     assert task.load("train")[0].id == "train-000000" and task.load("dev")[-1].id == "dev-000019"
+    assert task.load("test")[0].id == "test-000000" and task.splits == ("train", "dev", "test")
 
 
-def test_train_size_does_not_change_the_prompt_or_the_first_train_questions(task):
-    bigger = ReasoningGymTask("basic_arithmetic", seed=0, train_size=60, dev_size=20)
+def test_train_size_does_not_change_the_prompt_dev_test_or_the_first_train_questions(task):
+    bigger = ReasoningGymTask("basic_arithmetic", seed=0, train_size=60, dev_size=20, test_size=20)
     assert bigger.fewshot_prompt() == task.fewshot_prompt()
+    assert bigger.load("dev") == task.load("dev") and bigger.load("test") == task.load("test")
     assert questions(bigger.load("train"))[:40] == questions(task.load("train"))
 
 
 def test_splits_and_exemplars_are_disjoint_even_from_a_small_pool():
-    t = ReasoningGymTask("basic_arithmetic", seed=0, train_size=60, dev_size=30, dataset_kwargs=TINY_POOL)
-    train, dev = set(questions(t.load("train"))), set(questions(t.load("dev")))
+    t = ReasoningGymTask("basic_arithmetic", seed=0, train_size=50, dev_size=30, test_size=20,
+                         dataset_kwargs=TINY_POOL)
+    train, dev, test = (set(questions(t.load(split))) for split in ("train", "dev", "test"))
     fewshot = {block.split("\nA:")[0][3:] for block in t.fewshot_prompt().split(STOP)[:-1]}
-    assert len(train) == 60 and len(dev) == 30 and len(fewshot) == N_EXEMPLARS  # unique within each
-    assert not train & dev and not fewshot & (train | dev)
+    assert (len(train), len(dev), len(test), len(fewshot)) == (50, 30, 20, N_EXEMPLARS)  # unique within each
+    assert not train & dev and not train & test and not dev & test and not fewshot & (train | dev | test)
 
 
 def test_too_few_distinct_questions_names_the_key():
-    t = ReasoningGymTask("basic_arithmetic", seed=0, train_size=500, dev_size=10, dataset_kwargs=TINY_POOL)
+    t = ReasoningGymTask("basic_arithmetic", seed=0, train_size=500, dev_size=10, test_size=10,
+                         dataset_kwargs=TINY_POOL)
     with pytest.raises(ValueError, match="task.train_size"):
         t.load("train")
 
@@ -195,13 +199,14 @@ def test_bad_dataset_kwargs_are_a_value_error():
 
 def test_config_builds_the_task_with_kwargs():
     cfg = compose_config(["task=reasoning_gym", "task.dataset=chain_sum", "task.train_size=12", "task.dev_size=4",
+                          "task.test_size=5",
                           "+task.dataset_kwargs.max_terms=2", "+task.dataset_kwargs.min_terms=2"])
     validate(cfg)
     check_task_data(cfg)
     t = build_task(cfg.task, seed=0)
     assert isinstance(t, ReasoningGymTask) and t.dataset == "chain_sum"
     assert all(e.meta["entry"]["metadata"]["num_terms"] == 2 for e in t.load("train"))
-    assert len(t.load("train")) == 12 and len(t.load("dev")) == 4
+    assert [len(t.load(split)) for split in ("train", "dev", "test")] == [12, 4, 5]
 
 
 # ----------------------------------------------------------------------------- gsm8k, source=gsm_symbolic
@@ -209,15 +214,16 @@ def test_config_builds_the_task_with_kwargs():
 @pytest.fixture(scope="module")
 def symbolic():
     return build_task(compose_config(["task=gsm8k", "task.source=gsm_symbolic", "task.train_size=30",
-                                      "task.dev_size=10"]).task, seed=0)
+                                      "task.dev_size=10", "task.test_size=10"]).task, seed=0)
 
 
 def test_gsm_symbolic_source_gives_gsm8k_examples(symbolic):
     assert isinstance(symbolic, Gsm8kTask)
-    train, dev = symbolic.load("train"), symbolic.load("dev")
-    assert len(train) == 30 and len(dev) == 10 and train[0].id == "train-00000"
-    assert not set(questions(train)) & set(questions(dev))
-    for ex in train + dev:
+    train, dev, test = symbolic.load("train"), symbolic.load("dev"), symbolic.load("test")
+    assert (len(train), len(dev), len(test)) == (30, 10, 10) and train[0].id == "train-00000"
+    assert test[0].id == "test-00000"
+    assert not set(questions(train)) & set(questions(dev)) and not set(questions(test)) & set(questions(train + dev))
+    for ex in train + dev + test:
         assert "Do not include units" not in ex.question
         assert gsm8k_answer_value(f" The answer is {ex.answer}.") is not None
         rationale = symbolic.gold_rationale(ex)
@@ -227,7 +233,7 @@ def test_gsm_symbolic_source_gives_gsm8k_examples(symbolic):
     assert not symbolic.is_correct(train[0], f" The answer is {int(train[0].answer.split('.')[0]) + 1}.\n\n")
     assert symbolic.class_of(train[0]).isdigit()
     again = build_task(compose_config(["task=gsm8k", "task.source=gsm_symbolic", "task.train_size=30",
-                                       "task.dev_size=10"]).task, seed=0)
+                                       "task.dev_size=10", "task.test_size=10"]).task, seed=0)
     assert again.load("train") == train
     assert symbolic.fewshot_prompt().startswith("Q: ")  # the gsm8k prompts apply
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import statistics
 import shutil
 import statistics
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from star import report as R
+from star.stats import over_seeds, paired, t_975
 from tests.conftest import REPO, run_star
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -25,9 +28,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def make_run(root: Path, name: str, *, task="arithmetic", method="star", rationalization=True, seed=0,
              n_iterations=2, accs=(0.1, 0.3, 0.5), temperature=0.0, n_questions=20, extra_cfg=None,
-             partial_next=False) -> Path:
+             partial_next=False, test_accs=None, overrides=()) -> Path:
     """A run directory as the loop writes it: .hydra/config.yaml and iter_NN/metrics.json for each
-    value in `accs` (the finished iterations); partial_next adds the next iteration's first files only."""
+    value in `accs` (the finished iterations); partial_next adds the next iteration's first files only.
+    test_accs: test accuracy per iteration (None: no test split); overrides: .hydra/overrides.yaml."""
     run = root / name
     cfg = {"seed": seed, "n_iterations": n_iterations, "plateau_patience": None, "plateau_min_delta": 0.0,
            "print_table": True,
@@ -46,8 +50,11 @@ def make_run(root: Path, name: str, *, task="arithmetic", method="star", rationa
         node[leaf] = value
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}"]))
     for i, acc in enumerate(accs):
-        m = {"iteration": i, "eval/accuracy": acc, "time/eval_s": 0.5}
+        m = {"iteration": i, "eval/accuracy": acc, "eval/n": 50, "time/eval_s": 0.5}
+        if test_accs is not None:
+            m.update({"test/accuracy": test_accs[i], "test/n": 60})
         # Arithmetic splits dev by digit count; CQA has one class ("all"), as the tasks do.
         m.update({"eval/accuracy/1": min(1.0, acc + 0.2), "eval/accuracy/2": max(0.0, acc - 0.2)}
                  if task == "arithmetic" else {"eval/accuracy/all": acc})
@@ -388,3 +395,86 @@ def test_report_default_out_is_inside_the_sweep(real_runs):
         proc = subprocess.run(["star-report", str(sweep)], capture_output=True, text=True, cwd=REPO, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert len(read_csv(sweep / "report" / "runs.csv")) == 2
+
+
+# ------------------------------------------------------------------ fast: test headline, intervals, ablations
+
+
+def test_test_accuracy_is_the_headline_with_a_95_percent_interval(tmp_path):
+    tests = {0: 0.50, 1: 0.40, 2: 0.60}
+    for seed, t in tests.items():
+        make_run(tmp_path / "sweep", f"s{seed}", seed=seed, accs=(0.1, 0.3, 0.7), test_accs=(0.1, 0.2, t))
+    md, (row,), runs = report([tmp_path / "sweep"], tmp_path / "out")
+    values = [100 * t for t in tests.values()]
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    half = 4.303 * std / math.sqrt(3)  # t(0.975, 2)
+    assert float(row["test_acc_mean"]) == pytest.approx(mean) and float(row["test_acc_std"]) == pytest.approx(std)
+    assert float(row["test_acc_ci_low"]) == pytest.approx(mean - half)
+    assert float(row["test_acc_ci_high"]) == pytest.approx(mean + half)
+    assert float(row["dev_acc_mean"]) == pytest.approx(70.0) and float(row["dev_acc_ci_low"]) == 70.0  # std 0
+    assert (row["n_dev_questions"], row["n_test_questions"]) == ("50", "60")
+    (cells,) = summary_rows(md)
+    assert cells["test acc %"] == f"{mean:.1f} ± {std:.1f}"
+    assert cells["test 95% CI"] == f"[{mean - half:.1f}, {mean + half:.1f}]"
+    assert cells["questions dev / test"] == "50 / 60"
+    assert sorted(float(r["test_acc"]) for r in runs) == sorted(values)
+    assert "t interval over seeds" in md
+
+
+def test_no_test_split_shows_a_dash_not_dev(tmp_path):
+    make_run(tmp_path / "sweep", "s0", accs=(0.1, 0.3, 0.5))
+    md, (row,), _ = report([tmp_path / "sweep"], tmp_path / "out")
+    (cells,) = summary_rows(md)
+    assert cells["test acc %"] == "-" and cells["dev acc %"] == "50.0" and row["test_acc_mean"] == ""
+
+
+def test_paired_differences_against_the_baseline(tmp_path):
+    sweep = tmp_path / "sweep"
+    base = {0: 0.50, 1: 0.40, 2: 0.60}
+    off = {0: 0.45, 1: 0.30, 2: 0.50}      # 5, 10, 10 points below, per seed
+    for seed in base:
+        make_run(sweep, f"base{seed}", seed=seed, test_accs=(0.0, 0.0, base[seed]), overrides=["ablation=default"])
+        make_run(sweep, f"off{seed}", seed=seed, rationalization=False, test_accs=(0.0, 0.0, off[seed]),
+                 overrides=["ablation=rationalization_off"])
+    make_run(sweep, "hot", seed=0, temperature=0.7, test_accs=(0.0, 0.0, 0.9), overrides=["ablation=temperature"])
+    make_run(sweep, "two", seed=0, temperature=0.7, rationalization=False, test_accs=(0.0, 0.0, 0.9),
+             overrides=["ablation=temperature", "trainer.lr=1"])  # two overrides away: no row
+    written = R.write_report([sweep], tmp_path / "out", plots=False, baseline="ablation=default")
+    rows = {r["setting"]: r for r in read_csv(written["ablations.csv"])}
+    assert set(rows) == {"ablation=rationalization_off", "ablation=temperature"}
+    diffs = [-5.0, -10.0, -10.0]
+    mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
+    off_row = rows["ablation=rationalization_off"]
+    assert off_row["seeds"] == "0,1,2"
+    assert float(off_row["test_diff_mean"]) == pytest.approx(mean)
+    assert float(off_row["test_diff_high"]) == pytest.approx(mean + 4.303 * std / math.sqrt(3))
+    hot = rows["ablation=temperature"]
+    assert hot["seeds"] == "0" and float(hot["test_diff_mean"]) == pytest.approx(40.0) and hot["test_diff_low"] == ""
+    md = written["report.md"].read_text()
+    assert "## Ablations: paired differences against the baseline" in md and "ablation=rationalization_off" in md
+
+
+def test_a_baseline_that_matches_no_single_group_is_an_error(tmp_path):
+    make_run(tmp_path / "sweep", "a", overrides=["ablation=default"])
+    with pytest.raises(R.ReportError, match="ablation=default"):
+        R.write_report([tmp_path / "sweep"], tmp_path / "out", plots=False, baseline="ablation=nosuch")
+
+
+@pytest.mark.parametrize("values,mean,std,half", [
+    ([1.0, 2.0, 3.0], 2.0, 1.0, 4.303 / math.sqrt(3)),
+    ([10.0, 10.0], 10.0, 0.0, 0.0),
+    ([4.0] * 40, 4.0, 0.0, 0.0),
+])
+def test_over_seeds(values, mean, std, half):
+    spread = over_seeds(values)
+    assert (spread.mean, spread.std, spread.n) == (pytest.approx(mean), pytest.approx(std), len(values))
+    assert spread.high - spread.mean == pytest.approx(half)
+
+
+def test_over_seeds_edge_cases():
+    assert over_seeds([]) is None and over_seeds([None]) is None
+    one = over_seeds([3.0, None])
+    assert (one.mean, one.std, one.low, one.n) == (3.0, None, None, 1)
+    assert paired({0: 5.0, 1: 7.0, 2: 1.0}, {0: 4.0, 1: 4.0}).mean == pytest.approx(2.0)  # seeds 0, 1 only
+    assert paired({0: 1.0}, {1: 1.0}) is None
+    assert t_975(2) == 4.303 and t_975(1000) == pytest.approx(1.96, abs=0.01)

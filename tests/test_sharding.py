@@ -55,8 +55,9 @@ def test_shards_are_contiguous_whole_batches_of_the_sorted_order(batch_size):
 
 @pytest.fixture(scope="module")
 def tiny_pass():
-    """The loop's first generate pass for 21 arithmetic questions of 1-3 digits, on the tiny model."""
-    cfg = compose_config([*BASE, "task.digits=[1,2,3]", "task.train_size=21", "generator.batch_size=4"])
+    """The loop's first generate pass for 33 arithmetic questions of 1-3 digits, on the tiny model (enough
+    questions that its greedy completions differ: random weights write few distinct texts)."""
+    cfg = compose_config([*BASE, "task.digits=[1,2,3]", "task.train_size=33", "generator.batch_size=4"])
     loop = StarLoop(cfg, "/nonexistent")
     model, tok = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
     questions = loop.task.load("train")

@@ -99,6 +99,7 @@ def sweep_points(config_name: str) -> list[list[str]]:
 
 
 EXPECTED_SWEEPS = {
+    "default_ablations": 15,        # the default and 4 ablations x seeds 0, 1, 2
     "rationalization_ablation": 6,  # on/off x seeds 0, 1, 2
     "temperature_ablation": 4,      # greedy, 0.5, 0.7, 1.0
     "schedule_ablation": 3,         # exponential, linear, epoch
@@ -137,6 +138,13 @@ def test_sweep_file_composes_every_point(name, n_points):
         assert len({c.sampling.top_p for c in composed}) == 1, "only the temperature varies"
     elif name == "schedule_ablation":
         assert sorted(c.schedule.mode for c in composed) == ["epoch", "exponential", "linear"]
+    elif name == "default_ablations":
+        # The default, then one change each: (rationalization, temperature, faithful only, method).
+        arms = {(c.rationalization.enabled, c.sampling.temperature, c.method.keep_only_faithful, c.method.name)
+                for c in composed}
+        assert arms == {(True, 0.0, False, "star"), (False, 0.0, False, "star"), (True, 0.7, False, "star"),
+                        (True, 0.0, True, "star"), (True, 0.0, False, "direct_finetune")}
+        assert {c.seed for c in composed} == {0, 1, 2} and {c.model.name for c in composed} == {"smollm2_135m"}
     elif name == "small_arithmetic":
         assert {p[0].removeprefix("experiment=arithmetic_smollm2_") for p in points} == ROWS
         assert {c.model.name for c in composed} == {"smollm2_135m"}

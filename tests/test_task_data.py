@@ -34,12 +34,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def make(task: str, train: str | None, dev: str | None = None, train_size: int = 100, dev_size: int = 100, **kw):
-    return TASKS[task](train_size=train_size, dev_size=dev_size, data_files={"train": train, "dev": dev}, **kw)
+def make(task: str, train: str | None, dev: str | None = None, test: str | None = None, train_size: int = 100,
+         dev_size: int = 100, test_size: int = 100, **kw):
+    return TASKS[task](train_size=train_size, dev_size=dev_size, test_size=test_size,
+                       data_files={"train": train, "dev": dev, "test": test}, **kw)
 
 
-def fixture_files(task: str) -> tuple[str, str]:
-    return str(DATA / task / "train.jsonl"), str(DATA / task / "dev.jsonl")
+def fixture_files(task: str) -> tuple[str, str, str]:
+    """The local train, dev and test files of `task`."""
+    return str(DATA / task / "train.jsonl"), str(DATA / task / "dev.jsonl"), str(DATA / task / "test.jsonl")
 
 
 # ----------------------------------------------------------------------------- formats, caps, splits
@@ -50,7 +53,8 @@ def test_json_jsonl_and_parquet_give_the_same_examples(task, tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(rows))
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "t.parquet"))
     shutil.copy(DATA / task / "train.jsonl", tmp_path / "t.jsonl")
-    loaded = [make(task, str(tmp_path / f"t.{ext}")).load("train") for ext in ("jsonl", "json", "parquet")]
+    dev = fixture_files(task)[1]
+    loaded = [make(task, str(tmp_path / f"t.{ext}"), dev).load("train") for ext in ("jsonl", "json", "parquet")]
     assert len(loaded[0]) == len(rows) == 12
     assert loaded[0] == loaded[1] == loaded[2]
     assert [e.meta for e in loaded[0]] == [e.meta for e in loaded[2]]
@@ -58,12 +62,13 @@ def test_json_jsonl_and_parquet_give_the_same_examples(task, tmp_path):
 
 @pytest.mark.parametrize("task", ["cqa", "gsm8k"])
 def test_sizes_cap_at_the_first_rows_in_file_order(task):
-    train, dev = fixture_files(task)
-    full = make(task, train, dev).load("train")
-    capped = make(task, train, dev, train_size=5, dev_size=2)
+    train, dev, test = fixture_files(task)
+    full = make(task, train, dev, test).load("train")
+    capped = make(task, train, dev, test, train_size=5, dev_size=2, test_size=3)
     assert capped.load("train") == full[:5]
     assert [e.question for e in capped.load("dev")] == [r["question"].strip() for r in rows_of(task, "dev")[:2]]
-    assert len(make(task, train, dev, train_size=10_000).load("train")) == 12  # a cap, not a demand
+    assert [e.question for e in capped.load("test")] == [r["question"].strip() for r in rows_of(task, "test")[:3]]
+    assert len(make(task, train, dev, test, train_size=10_000).load("train")) == 12  # a cap, not a demand
 
 
 def test_examples_hold_the_hub_fields():
@@ -76,9 +81,13 @@ def test_examples_hold_the_hub_fields():
     assert gsm[9].answer == "5.25" and gsm[8].answer == "-21"
 
 
-def test_unknown_split():
-    with pytest.raises(ValueError, match="valid splits: train, dev"):
-        make("cqa", *fixture_files("cqa")).load("test")
+def test_unknown_split_and_a_run_without_a_test_file():
+    with pytest.raises(ValueError, match="unknown split 'validation' for cqa; valid splits: train, dev, test$"):
+        make("cqa", *fixture_files("cqa")).load("validation")
+    no_test = make("gsm8k", *fixture_files("gsm8k")[:2])
+    assert no_test.splits == ("train", "dev")
+    with pytest.raises(ValueError, match=r"valid splits: train, dev; set task.data_files.test=PATH to add one"):
+        no_test.load("test")
 
 
 def test_cache_is_copied():
@@ -172,7 +181,8 @@ def test_gsm8k_bad_rows_are_named(tmp_path, edit, needle):
 
 def test_gsm8k_optional_ids(tmp_path):
     rows = [dict(r, id=f"g{i}") for i, r in enumerate(rows_of("gsm8k"))]
-    assert [e.id for e in make("gsm8k", write_jsonl(tmp_path / "a.jsonl", rows)).load("train")][:2] == ["g0", "g1"]
+    dev = fixture_files("gsm8k")[1]
+    assert [e.id for e in make("gsm8k", write_jsonl(tmp_path / "a.jsonl", rows), dev).load("train")][:2] == ["g0", "g1"]
     rows[3]["id"] = "g0"
     with pytest.raises(TaskDataError, match="row 4 repeats id 'g0' of row 1"):
         make("gsm8k", write_jsonl(tmp_path / "b.jsonl", rows)).load("train")
@@ -208,8 +218,9 @@ def fake_hub(monkeypatch):
     real; a hub id is recorded and answered from the fixture files, or fails like offline."""
     real = datasets.load_dataset
     state = {"calls": [], "offline": False}
-    hub_files = {("tau/commonsense_qa", "train"): ("cqa", "train"), ("tau/commonsense_qa", "validation"): ("cqa", "dev"),
-                 ("openai/gsm8k", "train"): ("gsm8k", "train"), ("openai/gsm8k", "test"): ("gsm8k", "dev")}
+    hub_files = {("tau/commonsense_qa", "train"): ("cqa", "train"),
+                 ("tau/commonsense_qa", "validation"): ("cqa", "test"),
+                 ("openai/gsm8k", "train"): ("gsm8k", "train"), ("openai/gsm8k", "test"): ("gsm8k", "test")}
 
     def load_dataset(path, name=None, **kw):
         if path in ("json", "parquet"):
@@ -229,10 +240,15 @@ def fake_hub(monkeypatch):
 ])
 def test_hub_is_read_only_without_files(fake_hub, task, hub_calls):
     with_files = make(task, *fixture_files(task))
-    assert len(with_files.load("train")) == 12 and len(with_files.load("dev")) == 6
+    assert [len(with_files.load(split)) for split in ("train", "dev", "test")] == [12, 6, 5]
     assert fake_hub["calls"] == []
-    from_hub = make(task, None, None)
-    assert from_hub.load("train") == with_files.load("train") and from_hub.load("dev") == with_files.load("dev")
+    # From the hub: train and test are the hub's (here the fixture files), dev a slice of train.
+    from_hub = make(task, None, None, None, dev_size=4)
+    assert from_hub.splits == ("train", "dev", "test")
+    assert from_hub.load("test") == with_files.load("test")
+    assert len(from_hub.load("dev")) == 4 and len(from_hub.load("train")) == 8
+    assert sorted(from_hub.load("train") + from_hub.load("dev"), key=lambda e: e.id) == \
+           sorted(with_files.load("train"), key=lambda e: e.id)
     assert fake_hub["calls"] == hub_calls
 
 
@@ -243,15 +259,21 @@ def test_local_loads_skip_the_download_ping_and_restore_datasets_settings(monkey
         (datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, datasets.are_progress_bars_disabled())) or real(*a, **kw))
     before = (datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, datasets.are_progress_bars_disabled())
     make("cqa", *fixture_files("cqa")).load("train")
-    assert seen == [(False, True)]
+    assert seen == [(False, True)] * 3  # train, test and dev files
     assert (datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, datasets.are_progress_bars_disabled()) == before
 
 
-def test_a_split_without_a_file_comes_from_the_hub(fake_hub):
-    task = make("cqa", fixture_files("cqa")[0], None)
-    task.load("train")
-    task.load("dev")
-    assert fake_hub["calls"] == [("tau/commonsense_qa", None, "validation")]
+def test_which_split_comes_from_where(fake_hub):
+    train, dev, test = fixture_files("cqa")
+    # No train file: train and test from the hub unless they have files; dev never from the hub.
+    make("cqa", None, dev, test).load("train")
+    make("cqa", None, dev, None).load("train")
+    hub = "tau/commonsense_qa"
+    assert fake_hub["calls"] == [(hub, None, "train"), (hub, None, "train"), (hub, None, "validation")]
+    # A train file and no other: dev carved from it, no test split, no hub.
+    carved = make("cqa", train, None, None, dev_size=4)
+    assert carved.splits == ("train", "dev") and len(carved.load("dev")) == 4
+    assert len(fake_hub["calls"]) == 3
 
 
 @pytest.mark.parametrize("task,hub_id", [("cqa", "tau/commonsense_qa"), ("gsm8k", "openai/gsm8k")])
@@ -261,7 +283,7 @@ def test_hub_failure_says_to_pass_local_files(fake_hub, task, hub_id):
         make(task, None, None).load("train")
     msg = str(e.value)
     assert hub_id in msg and "Couldn't reach" in msg
-    assert "task.data_files.train=PATH task.data_files.dev=PATH" in msg
+    assert "task.data_files.train=PATH task.data_files.test=PATH" in msg
 
 
 def test_config_hub_id_and_config_reach_load_dataset(fake_hub):
@@ -271,19 +293,21 @@ def test_config_hub_id_and_config_reach_load_dataset(fake_hub):
     for overrides in (["task.hub_id=my/gsm8k-copy", "task.hub_config=null"], ["task.hub_config=socratic"]):
         with pytest.raises(TaskDataError):
             build_task(compose_config(["task=gsm8k", *overrides]).task, seed=0).load("dev")
-    assert fake_hub["calls"] == [("my/gsm8k-copy", None, "test"), ("openai/gsm8k", "socratic", "test")]
+    assert fake_hub["calls"] == [("my/gsm8k-copy", None, "train"), ("openai/gsm8k", "socratic", "train")]
 
 
 # ----------------------------------------------------------------------------- config validation
 
 @pytest.mark.parametrize("task", ["cqa", "gsm8k"])
 def test_config_with_local_files_validates(task):
-    train, dev = fixture_files(task)
-    cfg = compose_config([f"task={task}", f"task.data_files.train={train}", f"task.data_files.dev={dev}"])
+    train, dev, test = fixture_files(task)
+    cfg = compose_config([f"task={task}", f"task.data_files.train={train}", f"task.data_files.dev={dev}",
+                          f"task.data_files.test={test}"])
     validate(cfg)
     check_task_data(cfg)
     assert cfg.task.max_new_tokens == {"cqa": 96, "gsm8k": 256}[task]
-    assert cfg.task.train_size >= 9741 and cfg.task.dev_size >= 1319
+    # The caps keep the hub's whole train split (less dev) and its whole reported split as test.
+    assert cfg.task.train_size >= 9741 and cfg.task.test_size >= 1319 and cfg.task.dev_size == 500
 
 
 def test_config_validation_names_bad_data(tmp_path, fake_hub):
@@ -300,30 +324,32 @@ def test_config_validation_names_bad_data(tmp_path, fake_hub):
 # ----------------------------------------------------------------------------- where the data comes from
 
 def test_with_location_keeps_the_schema_and_sets_where_the_rows_are():
-    mine = CQA_SOURCE.with_location("me/cqa-copy", "small", {"train": "a.jsonl", "test": "ignored.jsonl"})
-    assert (mine.hub_id, mine.hub_config, dict(mine.data_files)) == ("me/cqa-copy", "small",
-                                                                       {"train": "a.jsonl", "dev": None})
+    mine = CQA_SOURCE.with_location("me/cqa-copy", "small", {"train": "a.jsonl", "test": "t.jsonl", "x": "ignored"})
+    assert (mine.hub_id, mine.hub_config) == ("me/cqa-copy", "small")
+    assert dict(mine.data_files) == {"train": "a.jsonl", "dev": None, "test": "t.jsonl"}
     assert (mine.task, mine.required, mine.schema, mine.hub_splits) == \
            (CQA_SOURCE.task, CQA_SOURCE.required, CQA_SOURCE.schema, CQA_SOURCE.hub_splits)
-    assert dict(CQA_SOURCE.with_location(None, None, None).data_files) == {"train": None, "dev": None}
+    assert dict(CQA_SOURCE.with_location(None, None, None).data_files) == {"train": None, "dev": None, "test": None}
 
 
 @pytest.mark.parametrize("schema", [CqaConfig, Gsm8kConfig])
 def test_data_files_of_a_config_section(schema):
     section = OmegaConf.merge(OmegaConf.structured(schema), {"data_files": {"train": "t.jsonl"}})
-    assert data_files_of(section) == {"train": "t.jsonl", "dev": None}
-    assert data_files_of(OmegaConf.structured(schema)) == {"train": None, "dev": None}
-    assert data_files_of(OmegaConf.create({"name": "x"})) == {"train": None, "dev": None}  # no data_files key
+    none = {"train": None, "dev": None, "test": None}
+    assert data_files_of(section) == {**none, "train": "t.jsonl"}
+    assert data_files_of(OmegaConf.structured(schema)) == none
+    assert data_files_of(OmegaConf.create({"name": "x"})) == none  # no data_files key
 
 
 @pytest.mark.parametrize("task,schema", [("cqa", CqaConfig), ("gsm8k", Gsm8kConfig)])
 def test_from_config_reads_a_section_of_only_its_own_keys(task, schema):
-    train, dev = fixture_files(task)
+    train, dev, test = fixture_files(task)
     section = OmegaConf.merge(OmegaConf.structured(schema),
-                              {"name": task, "train_size": 4, "dev_size": 2, "data_files": {"train": train, "dev": dev}})
+                              {"name": task, "train_size": 4, "dev_size": 2, "test_size": 3,
+                               "data_files": {"train": train, "dev": dev, "test": test}})
     built = TASKS[task].from_config(section, seed=0)
     assert TASKS[task].config_class is schema
-    assert [len(built.load(s)) for s in ("train", "dev")] == [4, 2]
+    assert [len(built.load(s)) for s in ("train", "dev", "test")] == [4, 2, 3]
     assert built.source.hub_id == {"cqa": "tau/commonsense_qa", "gsm8k": "openai/gsm8k"}[task]
 
 
@@ -332,7 +358,7 @@ def test_from_config_reads_a_section_of_only_its_own_keys(task, schema):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["cqa", "gsm8k"])
 def test_cli_smoke_run_on_local_files(tmp_path, task):
-    train, dev = fixture_files(task)
+    train, dev, _ = fixture_files(task)
     run_dir = tmp_path / "run"
     proc = run_star([f"task={task}", "model=tiny", "debug=fast", "n_iterations=1", "logger=none",
                      f"task.data_files.train={train}", f"task.data_files.dev={dev}", f"hydra.run.dir={run_dir}"],

@@ -14,7 +14,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from star.tasks import TASKS, TaskConfig, build_task, task_class, task_config_classes
+from star.tasks import TASKS, Task, TaskConfig, build_task, task_class, task_config_classes
 from tests.conftest import REPO, compose_config
 
 HINTS = {
@@ -28,7 +28,7 @@ HINTS = {
 def task_for(name):
     overrides = [f"task={name}"]
     if (REPO / "tests" / "data" / name).is_dir():
-        overrides += [f"task.data_files.{s}={REPO}/tests/data/{name}/{s}.jsonl" for s in ("train", "dev")]
+        overrides += [f"task.data_files.{s}={REPO}/tests/data/{name}/{s}.jsonl" for s in ("train", "dev", "test")]
     cfg = compose_config(overrides)
     return build_task(cfg.task, seed=0)
 
@@ -56,7 +56,7 @@ def test_hint_text_is_what_format_question_inserts(name):
 # ----------------------------------------------------------------------------- config schemas
 
 # Each task's own keys (besides TaskConfig's) and their defaults.
-NO_FILES = {"train": None, "dev": None}
+NO_FILES = {"train": None, "dev": None, "test": None}
 OWN_DEFAULTS = {
     "arithmetic": {"digits": [1, 2, 3, 4, 5]},
     "cqa": {"data_files": NO_FILES, "hub_id": None, "hub_config": None},
@@ -64,8 +64,8 @@ OWN_DEFAULTS = {
     "reasoning_gym": {"dataset": None, "dataset_kwargs": {}},
 }
 # "???" is omegaconf.MISSING: a task option must set its name.
-COMMON_DEFAULTS = {"name": "???", "train_size": 1000, "dev_size": 100, "sample_per_iteration": None,
-                   "max_new_tokens": 128}
+COMMON_DEFAULTS = {"name": "???", "train_size": 1000, "dev_size": 100, "test_size": 100,
+                   "sample_per_iteration": None, "max_new_tokens": 128}
 
 
 def test_every_registered_task_names_its_schema():
@@ -94,7 +94,10 @@ def test_task_option_is_typed_by_its_schema_and_builds_from_its_keys_alone(optio
     assert type(config) is task_config_classes()[section.name]
     assert set(section) == {f.name for f in dataclasses.fields(config)}
     assert config.problems() == []
-    assert build_task(section, seed=0).name == section.name
+    task = build_task(section, seed=0)
+    assert task.name == section.name
+    # Every shipped option has all three splits (file-backed ones from the hub), known before any data is read.
+    assert isinstance(task, Task) and task.splits == ("train", "dev", "test")
 
 
 def test_a_key_of_another_task_is_refused():
@@ -108,6 +111,7 @@ PROBLEMS = [
     ({}, []),
     ({"train_size": 0}, ["task.train_size must be > 0, got 0"]),
     ({"dev_size": -3}, ["task.dev_size must be > 0, got -3"]),
+    ({"test_size": 0}, ["task.test_size must be > 0, got 0"]),
     ({"sample_per_iteration": 0}, ["task.sample_per_iteration must be in 1..task.train_size (1000) or null, got 0"]),
     ({"sample_per_iteration": 1001},
      ["task.sample_per_iteration must be in 1..task.train_size (1000) or null, got 1001"]),
@@ -115,8 +119,8 @@ PROBLEMS = [
     ({"sample_per_iteration": 5, "train_size": 4},
      ["task.sample_per_iteration must be in 1..task.train_size (4) or null, got 5"]),
     ({"max_new_tokens": 0}, ["task.max_new_tokens must be > 0, got 0"]),
-    ({"train_size": -1, "dev_size": 0, "max_new_tokens": -2},
-     ["task.train_size must be > 0, got -1", "task.dev_size must be > 0, got 0",
+    ({"train_size": -1, "dev_size": 0, "test_size": -5, "max_new_tokens": -2},
+     ["task.train_size must be > 0, got -1", "task.dev_size must be > 0, got 0", "task.test_size must be > 0, got -5",
       "task.max_new_tokens must be > 0, got -2"]),
 ]
 

@@ -1,7 +1,10 @@
-"""Stage 5, evaluate: M(n) on dev, greedy, no hint, in the format it was trained on.
+"""Stage 5, evaluate: M(n) on dev and on test, greedy, no hint, in the format it was trained on.
 
-Writes iter_NN/eval.json (accuracy, per class, sample outputs; no timings, so equal runs write equal
-files), then applies the checkpoint retention policy (checkpoint.keep).
+Writes iter_NN/eval.json: `accuracy` is the dev fraction (dev is the split every selection reads: the
+plateau stop, the best checkpoint), with per class and sample outputs; `test` holds the test split's
+{accuracy, per_class, per_class_n, n} (reported, never read by a selection rule), when the task has a
+test split. No timings, so equal runs write equal files. Then the checkpoint retention policy
+(checkpoint.keep) runs, on dev.
 """
 
 from __future__ import annotations
@@ -12,11 +15,18 @@ from star.faults import crash_point
 from star.model_cache import model_ref
 from star.stages.context import StageContext
 
+TEST_KEYS = ("accuracy", "n", "n_correct", "per_class", "per_class_n")
+
 
 def evaluate(ctx: StageContext, iteration: int) -> dict:
     ref = model_ref(ctx.run_dir, iteration)
-    result = score_split(ctx.generator(ctx.models.get(ref)), ctx.task, ctx.task.load("dev"), ctx.prompt_for(ref),
-                         ctx.cfg.task.max_new_tokens, n_samples=ctx.cfg.logger.n_samples, desc=f"iter {iteration} eval")
+    generator, prefix, max_new_tokens = ctx.generator(ctx.models.get(ref)), ctx.prompt_for(ref), ctx.cfg.task.max_new_tokens
+    result = score_split(generator, ctx.task, ctx.task.load("dev"), prefix, max_new_tokens,
+                         n_samples=ctx.cfg.logger.n_samples, desc=f"iter {iteration} eval")
+    if "test" in ctx.task.splits:
+        test = score_split(generator, ctx.task, ctx.task.load("test"), prefix, max_new_tokens, n_samples=0,
+                           desc=f"iter {iteration} test")
+        result["test"] = {k: test[k] for k in TEST_KEYS}
     crash_point(f"{iteration}/eval/before_write")
     A.write_json(A.stage_file(ctx.run_dir, iteration, "eval.json"), result)
     if ctx.cfg.checkpoint.keep == "last_and_best":

@@ -47,12 +47,14 @@ def chosen_failures(ctx: StageContext, iteration: int, failures: list[Example]) 
 
 def retry_with_hint(ctx: StageContext, iteration: int, chosen: list[Example]) -> list[str]:
     """Completions of M(n-1) for the chosen questions shown with their hint (the debug oracle: the task's
-    own gold rationales). rationalization.hinted_prompt shows the exemplars with their hints too."""
+    own gold rationales). rationalization.hinted_prompt shows the exemplars with their hints too (to a
+    fine-tuned model asked without a prompt only with rationalization.hinted_prompt_for_finetuned)."""
     rcfg = ctx.cfg.rationalization
     if rcfg.gold_oracle:
         return [ctx.task.gold_rationale(ex) or "" for ex in chosen]
     ref = model_ref(ctx.run_dir, iteration - 1)
-    prefix = ctx.task.fewshot_prompt(hint=True) if rcfg.hinted_prompt else ctx.prompt_for(ref)
+    hinted = rcfg.hinted_prompt and (ref.prompted or rcfg.hinted_prompt_for_finetuned)
+    prefix = ctx.task.fewshot_prompt(hint=True) if hinted else ctx.prompt_for(ref)
     completions, _ = run_pass(ctx, iteration, "rationalize", ref, prefix,
                               [ctx.task.format_question(ex, hint=True) for ex in chosen],
                               [ctx.seed(iteration, "rationalize", ex.id) for ex in chosen])

@@ -26,7 +26,7 @@ The arithmetic task needs max_new_tokens >= 8 * digits + 14.
 
 Use it through the registry (`build_task(cfg.task, seed)`) or directly:
 
-    task = ArithmeticTask(digits=[1, 2, 3], train_size=1000, dev_size=100, seed=0)
+    task = ArithmeticTask(digits=[1, 2, 3], train_size=1000, dev_size=100, test_size=100, seed=0)
     ex = task.load("dev")[0]                       # Example(id="dev-000000", question="7 + 3", ...)
     prompt = task.fewshot_prompt() + task.format_question(ex)
     task.is_correct(ex, completion); task.is_faithful(ex, completion)
@@ -43,11 +43,32 @@ Decisions worth knowing:
 - is_faithful is stricter than is_correct: every line must be the right step, in order,
   with nothing extra, and the answer must be the digits the steps wrote; a right answer
   reached through a wrong step is correct but not faithful.
-- Problems are ordered pairs: 47 + 85 and 85 + 47 are different problems.
+- Problems are unordered pairs: 47 + 85 and 85 + 47 are one problem (which of the two a
+  split shows is drawn from the seed). A d-digit problem has two d-digit operands.
+
+Splits (train, dev, test) are pairwise disjoint as problems and hold no few-shot exemplar's
+problem (the exemplars of the few-shot file, as unordered pairs: 3 + 4, 8 + 6, 47 + 85, ...).
+Each digit count d has one stream of its problems in a random order, seeded by the seed and d
+only (so the d-digit problems do not change when other digit counts are added), with the
+exemplars left out; splits take problems from the streams in the order dev, test, train, so
+no problem is drawn twice. The mix: a small pool (there are only 55 unordered pairs of 1-digit
+numbers, 53 without the exemplars) must not be used up by whichever split draws first, and dev
+and test must not change with train_size (a setting searched on dev must not move dev). So:
+
+    dev and test each hold at most floor(available_d / 3) problems of digit count d;
+    train holds at most what dev and test left of it,
+
+where available_d is the number of d-digit problems the exemplars leave. Each split is filled
+round-robin over the digit counts in task.digits order, a digit count dropping out once the
+split holds its cap of it, so no stream runs dry; a split that cannot be filled is a ValueError
+naming the sizes that fit. Default CPU run (digits [1, 2, 3], train 160, dev 102, test 102): dev
+and test each get 17 1-digit, 43 2-digit and 42 3-digit problems; train 19, 71 and 70 (the
+1-digit share of every split is smaller than a third: there are too few of them).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -55,14 +76,25 @@ from pathlib import Path
 from typing import Iterator
 
 from star.tasks import answers
-from star.tasks.base import Example, TaskConfig, answer_hint, answer_line, qa_question, read_prompt, split_sizes
+from star.tasks.base import (
+    SPLITS,
+    Example,
+    TaskConfig,
+    answer_hint,
+    answer_line,
+    qa_question,
+    read_prompt,
+    split_sizes,
+    unknown_split,
+)
 
-SPLITS = ("train", "dev")
 STOP = "\n\n"
+# Splits take problems from the digit streams in this order: dev and test before train.
+DRAW_ORDER = ("dev", "test", "train")
 
-# Pools with at most this many (a, b) pairs (1 and 2 digits) are enumerated and
+# Pools with at most this many unordered pairs (1 and 2 digits) are enumerated and
 # shuffled, so they can be drawn to exhaustion without rejection sampling slowing down.
-# Larger pools (3+ digits: >= 810,000 pairs) are rejection-sampled.
+# Larger pools (3+ digits: >= 405,450 pairs) are rejection-sampled.
 _ENUMERATE_LIMIT = 10_000
 
 # Column step, e.g. "7+5+0=12" (a+b+carry in=sum). Spaces are tolerated around every
@@ -201,105 +233,161 @@ def parse_exemplars(text: str) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- data
 
-def pair_stream(d: int, rng: random.Random) -> Iterator[tuple[int, int]]:
-    """Distinct (a, b) pairs of d-digit operands in a random order, until the pool is
-    exhausted. 1-digit operands are 0-9; longer ones have no leading zero."""
-    lo = 0 if d == 1 else 10 ** (d - 1)
-    hi = 10 ** d
-    n = hi - lo
-    if n * n <= _ENUMERATE_LIMIT:
-        order = list(range(n * n))
+def unordered(a: int, b: int) -> tuple[int, int]:
+    """The problem a + b as splits compare it: the smaller operand first."""
+    return (a, b) if a <= b else (b, a)
+
+
+def operand_range(d: int) -> tuple[int, int]:
+    """[lo, hi) of d-digit operands: 0-9 for one digit, no leading zero for more."""
+    return (0 if d == 1 else 10 ** (d - 1)), 10 ** d
+
+
+def pool_size(d: int) -> int:
+    """The number of unordered d-digit problems (pairs with repetition: n (n + 1) / 2)."""
+    lo, hi = operand_range(d)
+    return (hi - lo) * (hi - lo + 1) // 2
+
+
+def in_pool(d: int, problems) -> set[tuple[int, int]]:
+    """The unordered problems among `problems` whose two operands both have d digits."""
+    lo, hi = operand_range(d)
+    return {unordered(a, b) for a, b in problems if lo <= a < hi and lo <= b < hi}
+
+
+def pair_stream(d: int, rng: random.Random, exclude=frozenset()) -> Iterator[tuple[int, int]]:
+    """Distinct unordered d-digit problems in a random order, each shown as (a, b) in a random
+    orientation, until the pool is exhausted; problems in `exclude` (unordered pairs) are skipped.
+
+    Problem k of the pool (0 <= k < pool_size(d)) is the k-th pair (i, j), j <= i, of the
+    triangle, read row by row: drawing k uniformly makes every unordered problem, doubles
+    (5 + 5) included, equally likely."""
+    lo, _ = operand_range(d)
+    total = pool_size(d)
+    skip = in_pool(d, exclude)
+
+    def problem(k: int) -> tuple[int, int]:
+        i = (math.isqrt(8 * k + 1) - 1) // 2  # the triangle's row: i (i + 1) / 2 <= k
+        a, b = lo + k - i * (i + 1) // 2, lo + i
+        return (b, a) if rng.random() < 0.5 else (a, b)
+
+    if total <= _ENUMERATE_LIMIT:
+        order = list(range(total))
         rng.shuffle(order)
         for k in order:
-            yield lo + k // n, lo + k % n
+            a, b = problem(k)
+            if unordered(a, b) not in skip:
+                yield a, b
     else:
-        seen: set[tuple[int, int]] = set()
-        while len(seen) < n * n:
-            pair = (rng.randrange(lo, hi), rng.randrange(lo, hi))
-            if pair not in seen:
-                seen.add(pair)
-                yield pair
+        seen = set(skip)
+        while len(seen) < total:
+            a, b = problem(rng.randrange(total))
+            if unordered(a, b) not in seen:
+                seen.add(unordered(a, b))
+                yield a, b
 
 
-def _round_robin(streams: dict[int, Iterator[tuple[int, int]]], digits: list[int],
-                 n: int) -> list[tuple[int, tuple[int, int]]]:
-    """Up to n (digits, pair) items cycling over digit counts; a digit count whose pool
-    runs dry drops out and the cycle goes on over the others."""
+def eval_cap(available: dict[int, int]) -> dict[int, int]:
+    """digit count -> the most problems of it dev (and test) may hold: a third of its pool."""
+    return {d: n // 3 for d, n in available.items()}
+
+
+def fill(streams: dict[int, Iterator[tuple[int, int]]], digits: list[int], caps: dict[int, int],
+         n: int) -> list[tuple[int, tuple[int, int]]]:
+    """Up to n (digits, pair) items cycling over digit counts in `digits` order; a digit count
+    drops out once it has given caps[d] items (so a stream holding at least caps[d] never runs dry)."""
     out: list[tuple[int, tuple[int, int]]] = []
-    active = list(digits)
+    given = dict.fromkeys(digits, 0)
+    active = [d for d in digits if caps[d] > 0]
     pos = 0
     while len(out) < n and active:
         d = active[pos]
-        pair = next(streams[d], None)
-        if pair is None:
+        out.append((d, next(streams[d])))
+        given[d] += 1
+        if given[d] >= caps[d]:
             del active[pos]
-            if pos >= len(active):
-                pos = 0
-            continue
-        out.append((d, pair))
-        pos = (pos + 1) % len(active)
+            pos = pos if pos < len(active) else 0
+        else:
+            pos = (pos + 1) % len(active)
     return out
 
 
-@dataclass(frozen=True)
-class _Splits:
-    train: list[Example]
-    dev: list[Example]
+def size_error(digits: list[int], sizes: dict[str, int], available: dict[int, int]) -> ValueError | None:
+    """The error for sizes the mix cannot fill (naming the sizes that fit), or None when it can."""
+    third = sum(eval_cap(available).values())
+    fits = {"dev": third, "test": third}
+    fits["train"] = sum(available.values()) - min(sizes["dev"], third) - min(sizes["test"], third)
+    short = [split for split in SPLITS if fits[split] < sizes[split]]
+    if not short:
+        return None
+    named = [f"task.{split}_size={sizes[split]}" for split in short]
+    asked = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    return ValueError(
+        f"{asked} cannot be met without reusing a problem: with digits {digits} there are "
+        f"{sum(available.values())} problems (few-shot exemplars left out); dev and test each hold at most a "
+        f"third of each digit count's problems and train the rest: train at most {fits['train']}, dev at most "
+        f"{fits['dev']}, test at most {fits['test']} with these sizes; lower task.train_size/dev_size/test_size "
+        f"or add digit counts to task.digits")
 
 
 class ArithmeticTask:
-    """n-digit addition; see the module docstring for the format and the decisions."""
+    """n-digit addition; see the module docstring for the format, the splits and the decisions."""
 
     name = "arithmetic"
     stop = (STOP,)
     config_class = ArithmeticConfig
+    splits = SPLITS
 
-    def __init__(self, digits, train_size: int, dev_size: int, seed: int,
+    def __init__(self, digits, train_size: int, dev_size: int, seed: int, test_size: int = 100,
                  prompt_path: str | Path | None = None):
         # Keep the user's order (it fixes the round-robin order) but drop repeats.
         self.digits = list(dict.fromkeys(int(d) for d in digits))
         if not self.digits or any(d < 1 for d in self.digits):
             raise ValueError(f"digits must list digit counts >= 1, e.g. [1, 2, 3]; got {list(digits)}")
-        sizes = split_sizes(train_size, dev_size)
-        self.train_size, self.dev_size = sizes["train"], sizes["dev"]
+        self.sizes = split_sizes(train_size, dev_size, test_size)
+        self.train_size, self.dev_size, self.test_size = self.sizes["train"], self.sizes["dev"], self.sizes["test"]
         self.seed = int(seed)
         self.prompt_path = Path(prompt_path) if prompt_path is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
-        self._splits: _Splits | None = None
+        self._splits: dict[str, list[Example]] | None = None
         self._fewshot: dict[tuple[bool, bool], str] = {}
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "ArithmeticTask":
-        return cls(digits=list(task_cfg.digits), train_size=task_cfg.train_size,
-                   dev_size=task_cfg.dev_size, seed=seed)
+        return cls(digits=list(task_cfg.digits), train_size=task_cfg.train_size, dev_size=task_cfg.dev_size,
+                   test_size=task_cfg.test_size, seed=seed)
 
     # --- data
 
     def load(self, split: str) -> list[Example]:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split '{split}' for arithmetic; valid splits: {', '.join(SPLITS)}")
+        if split not in self.splits:
+            raise unknown_split(self.name, split, self.splits)
         if self._splits is None:
             self._splits = self._build()
-        return list(getattr(self._splits, split))  # a copy: callers cannot edit the cache
+        return list(self._splits[split])  # a copy: callers cannot edit the cache
 
-    def _build(self) -> _Splits:
-        # One stream per digit count, seeded by seed and digit count only, so the
-        # d-digit problems do not change when other digit counts are added. Dev draws
-        # first and train continues the same streams: disjoint, and dev has priority.
-        streams = {d: pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/digits={d}"))
+    def exemplar_problems(self) -> set[tuple[int, int]]:
+        """The few-shot file's problems as unordered pairs: no split holds one."""
+        exemplars = parse_exemplars(read_prompt("arithmetic.txt", self.prompt_path))
+        return {unordered(*operands(Example(id="fewshot", question=q, answer=""))) for q, _ in exemplars}
+
+    def _build(self) -> dict[str, list[Example]]:
+        exemplars = self.exemplar_problems()
+        available = {d: pool_size(d) - len(in_pool(d, exemplars)) for d in self.digits}
+        error = size_error(self.digits, self.sizes, available)
+        if error is not None:
+            raise error
+        streams = {d: pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/digits={d}"), exemplars)
                    for d in self.digits}
-        dev = _round_robin(streams, self.digits, self.dev_size)
-        if len(dev) < self.dev_size:
-            raise ValueError(
-                f"task.dev_size={self.dev_size} is more than the {len(dev)} distinct problems with "
-                f"digit counts {self.digits}; lower task.dev_size or add digit counts to task.digits")
-        train = _round_robin(streams, self.digits, self.train_size)
-        if len(train) < self.train_size:
-            raise ValueError(
-                f"task.train_size={self.train_size} cannot be met: only {len(train)} distinct problems "
-                f"with digit counts {self.digits} are left after the {self.dev_size} dev problems; "
-                f"lower task.train_size (or task.dev_size), or add larger digit counts to task.digits")
-        return _Splits(train=self._examples("train", train), dev=self._examples("dev", dev))
+        # One set of streams drawn in DRAW_ORDER: no problem reaches two splits.
+        left = dict(available)
+        drawn = {}
+        for split in DRAW_ORDER:
+            caps = left if split == "train" else {d: min(cap, left[d]) for d, cap in eval_cap(available).items()}
+            drawn[split] = fill(streams, self.digits, caps, self.sizes[split])
+            for d, _ in drawn[split]:
+                left[d] -= 1
+        return {split: self._examples(split, items) for split, items in drawn.items()}
 
     @staticmethod
     def _examples(split: str, items) -> list[Example]:

@@ -24,6 +24,16 @@ A completion is everything the model writes after `question`, up to (and includi
 the first stop string in `task.stop`. Training examples are (question without hint,
 completion): the hint lives only in the prompt, so stripping it means pairing the
 completion with `format_question(ex, hint=None)`.
+
+Splits: a task loads `train` (the pool STaR learns from), `dev` (read by every selection rule:
+plateau stop, best checkpoint, setting searches) and `test` (reported; no selection rule reads
+it). `task.splits` names the ones it can load, known from its config without reading data:
+("train", "dev", "test"), or ("train", "dev") for a file-backed task given local files without a
+test file. The splits are leak-free: pairwise disjoint as problems (for addition a + b and b + a
+are one problem; elsewhere questions compare by `normalize_question`), none holds a few-shot
+exemplar's problem, and dev and test are drawn before train, so train_size does not move them
+(arithmetic: except through its per-digit-count caps; see its module docstring).
+`load(split)` of a split not in `splits` raises ValueError naming the fix (`unknown_split`).
 """
 
 from __future__ import annotations
@@ -55,11 +65,14 @@ class Example:
 @runtime_checkable
 class Task(Protocol):
     name: str
+    # The splits load() accepts: ("train", "dev", "test"), or ("train", "dev") when there is no test data.
+    splits: tuple[str, ...]
     # Strings that end a completion; the generator stops a sequence at the first one.
     stop: tuple[str, ...]
 
     def load(self, split: str) -> list[Example]:
-        """Examples of `split` ("train" or "dev"), in a fixed order."""
+        """Examples of `split` ("train", "dev" or "test"; one of `splits`), in a fixed order.
+        A split not in `splits` is a ValueError that says how to get it."""
 
     def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
         """The few-shot prefix (hand-written exemplars), ending right before a question.
@@ -101,9 +114,11 @@ class TaskConfig:
     """
 
     name: str = MISSING
-    # Size of the training pool (N) and of the dev split.
+    # Size of the training pool (N), of the dev split (every selection reads it) and of the test
+    # split (reported, never selected on). File-backed tasks read these as caps.
     train_size: int = 1000
     dev_size: int = 100
+    test_size: int = 100
     # Sample k of the N training questions each iteration (null: all of them).
     sample_per_iteration: Optional[int] = None
     # Longest completion the generator may write for this task.
@@ -117,6 +132,8 @@ class TaskConfig:
             out.append(f"task.train_size must be > 0, got {self.train_size}")
         if not self.dev_size > 0:
             out.append(f"task.dev_size must be > 0, got {self.dev_size}")
+        if not self.test_size > 0:
+            out.append(f"task.test_size must be > 0, got {self.test_size}")
         k = self.sample_per_iteration
         if not (k is None or 0 < k <= self.train_size):
             out.append(f"task.sample_per_iteration must be in 1..task.train_size ({self.train_size}) "
@@ -126,12 +143,29 @@ class TaskConfig:
         return out
 
 
-def split_sizes(train_size: int, dev_size: int) -> dict[str, int]:
-    """{"train": train_size, "dev": dev_size} as ints; a negative size is a ValueError.
-    (0 is allowed here: the config's range checks, not the task, insist on more.)"""
-    if train_size < 0 or dev_size < 0:
-        raise ValueError(f"train_size and dev_size must be >= 0, got {train_size}, {dev_size}")
-    return {"train": int(train_size), "dev": int(dev_size)}
+SPLITS = ("train", "dev", "test")
+
+
+def split_sizes(train_size: int, dev_size: int, test_size: int) -> dict[str, int]:
+    """{"train": train_size, "dev": dev_size, "test": test_size} as ints; a negative size is a
+    ValueError. (0 is allowed here: the config's range checks, not the task, insist on more.)"""
+    sizes = {"train": int(train_size), "dev": int(dev_size), "test": int(test_size)}
+    if any(n < 0 for n in sizes.values()):
+        raise ValueError(f"train_size, dev_size and test_size must be >= 0, got {train_size}, {dev_size}, {test_size}")
+    return sizes
+
+
+def unknown_split(task: str, split: str, splits: tuple[str, ...], fix: str = "") -> ValueError:
+    """The error load(split) raises for a split not in `splits`: the valid ones, and `fix` (how
+    to get the missing split, e.g. a file to pass) when there is one."""
+    return ValueError(f"unknown split '{split}' for {task}; valid splits: {', '.join(splits)}"
+                      + (f"; {fix}" if fix else ""))
+
+
+def normalize_question(text: str) -> str:
+    """A question as splits compare it: whitespace runs collapsed to one space, ends stripped,
+    case folded. Two questions equal after this are one problem, whatever split they sit in."""
+    return " ".join(str(text).split()).casefold()
 
 
 # Shared plain-text formats. Tasks whose questions read "Q: ...\nA:" with the gold answer as

@@ -1,18 +1,23 @@
 """CommonsenseQA: five-way multiple choice with a short rationale (the STaR paper's main task).
 
 Data comes through `datasets` (star/tasks/hf_data.py): the hub's `tau/commonsense_qa` when
-no files are given (train = hub "train", dev = hub "validation"; the hub's test split has
-no answers), or local json/jsonl/parquet files in the hub's schema, one row per question:
+no files are given, or local json/jsonl/parquet files in the hub's schema, one row per question:
 
     {"id": "q1", "question": "...", "question_concept": "milk",
      "choices": {"label": ["A", "B", "C", "D", "E"], "text": ["...", ...]}, "answerKey": "B"}
 
-    star task=cqa task.data_files.train=cqa_train.jsonl task.data_files.dev=cqa_dev.jsonl
+    star task=cqa task.data_files.train=cqa_train.jsonl task.data_files.test=cqa_validation.jsonl
 
-task.train_size / task.dev_size cap each split at its first N rows in file order. Every row
-is checked (also those past the cap): missing or empty fields, wrong types, labels that are
-not single capital letters, a gold answerKey that is not among the labels, and repeated ids
-are errors that name the row.
+Splits (hf_data.split_rows): train = the hub's "train" split (or the train file) less dev; dev =
+a fixed slice of it, task.dev_size rows picked by a constant seed, the same for every run (or
+the dev file); test = the hub's "validation" split, the split the paper reports (the hub's own
+test split has no answers), or the test file. Given a train file and no test file, a run has no
+test split. Rows whose question is a few-shot exemplar's are dropped from every split, and the
+splits share no question. task.train_size / dev_size / test_size cap each split at its first N
+rows in file order. Every row of every file is checked (also those past the cap): missing or
+empty fields, wrong types, labels that are not single capital letters, a gold answerKey that
+is not among the labels, and repeated ids are errors that name the row. Examples keep the
+rows' ids.
 
 Prompt and completion (prompts/cqa.txt holds 8 hand-written exemplars; cqa_direct.txt the
 same questions with only the answer line, for the few-shot-direct baseline):
@@ -54,12 +59,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from star.tasks import answers
-from star.tasks.base import Example, read_prompt, split_sizes
-from star.tasks.hf_data import DataSource, HubDataConfig, data_files_of, load_rows, text_problem
+from star.tasks.base import Example, read_prompt, split_sizes, unknown_split
+from star.tasks.hf_data import (
+    NO_TEST_FIX,
+    DataSource,
+    HubDataConfig,
+    data_files_of,
+    load_rows,
+    split_rows,
+    text_problem,
+)
 
 NAME = "cqa"
 HUB_ID = "tau/commonsense_qa"
-HUB_SPLITS = {"train": "train", "dev": "validation"}
+# dev is carved from the hub's train split; the hub's test split has no answers.
+HUB_SPLITS = {"train": "train", "test": "validation"}
 STOP = "\n\n"
 HINT = " (CORRECT)"
 REQUIRED = ("id", "question", "choices", "answerKey")
@@ -272,22 +286,23 @@ def parse_exemplars(text: str) -> list[tuple[Example, str]]:
 
 
 class CqaTask:
-    """CommonsenseQA; see the module docstring for the format and the decisions.
+    """CommonsenseQA; see the module docstring for the format, the splits and the decisions.
 
-    data_files maps "train" and "dev" to a local file, or to None to read that split from the
-    hub (hub_id, hub_config); prompt_dir holds cqa.txt and cqa_direct.txt in place of the
-    packaged few-shot files.
+    data_files maps "train", "dev" and "test" to a local file, or to None (train and test from
+    the hub: hub_id, hub_config; dev carved from train); prompt_dir holds cqa.txt and
+    cqa_direct.txt in place of the packaged few-shot files.
     """
 
     name = NAME
     stop = (STOP,)
     config_class = CqaConfig
 
-    def __init__(self, train_size: int, dev_size: int, data_files: dict | None = None,
+    def __init__(self, train_size: int, dev_size: int, test_size: int = 100, data_files: dict | None = None,
                  hub_id: str | None = HUB_ID, hub_config: str | None = None,
                  prompt_dir: str | Path | None = None):
-        self.sizes = split_sizes(train_size, dev_size)
+        self.sizes = split_sizes(train_size, dev_size, test_size)
         self.source = SOURCE.with_location(hub_id, hub_config, data_files)
+        self.splits = self.source.task_splits()
         self.prompt_dir = Path(prompt_dir) if prompt_dir is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: dict[str, list[Example]] = {}
@@ -295,18 +310,29 @@ class CqaTask:
 
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "CqaTask":
-        return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size, data_files=data_files_of(task_cfg),
-                   hub_id=getattr(task_cfg, "hub_id", None) or HUB_ID,
+        return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size, test_size=task_cfg.test_size,
+                   data_files=data_files_of(task_cfg), hub_id=getattr(task_cfg, "hub_id", None) or HUB_ID,
                    hub_config=getattr(task_cfg, "hub_config", None))
 
     # --- data
 
     def load(self, split: str) -> list[Example]:
-        if split not in self._splits:
-            rows = load_rows(self.source, split, limit=self.sizes.get(split), check_row=_row_problems,
-                             row_id=lambda r: r.get("id"), unique="id")
-            self._splits[split] = [row_example(r) for r in rows]
+        if split not in self.splits:
+            raise unknown_split(NAME, split, self.splits, NO_TEST_FIX if split == "test" else "")
+        if not self._splits:
+            rows = split_rows(self.source, self._read, question=lambda r: r["question"],
+                              exemplars=self.exemplar_questions(), sizes=self.sizes)
+            self._splits = {s: [row_example(r.row) for r in located] for s, located in rows.items()}
         return list(self._splits[split])  # a copy: callers cannot edit the cache
+
+    def _read(self, split: str) -> list[dict]:
+        return load_rows(self.source, split, limit=None, check_row=_row_problems, row_id=lambda r: r.get("id"),
+                         unique="id")
+
+    def exemplar_questions(self) -> list[str]:
+        """The questions of both few-shot files: no split holds one."""
+        return [ex.question for name in ("cqa.txt", "cqa_direct.txt")
+                for ex, _ in parse_exemplars(read_prompt(name, self.prompt_dir))]
 
     # --- prompts
 

@@ -1,30 +1,39 @@
 """GSM8K: grade-school math word problems with a step-by-step solution (the STaR paper's second task).
 
 Data comes through `datasets` (star/tasks/hf_data.py): the hub's `openai/gsm8k`, config
-`main`, when no files are given (train = hub "train", dev = hub "test"), or local
-json/jsonl/parquet files in the hub's schema, one row per problem:
+`main`, when no files are given, or local json/jsonl/parquet files in the hub's schema, one
+row per problem:
 
     {"question": "...", "answer": "She has 24 - 15 = <<24-15=9>>9 left.\\n#### 9"}
 
-    star task=gsm8k task.data_files.train=gsm8k_train.jsonl task.data_files.dev=gsm8k_test.jsonl
+    star task=gsm8k task.data_files.train=gsm8k_train.jsonl task.data_files.test=gsm8k_test.jsonl
+
+Splits (hf_data.split_rows): train = the hub's "train" split (or the train file) less dev; dev =
+a fixed slice of it, task.dev_size rows picked by a constant seed, the same for every run (or
+the dev file); test = the hub's "test" split, the split the paper reports (or the test file).
+Given a train file and no test file, a run has no test split. Rows whose question is a few-shot
+exemplar's are dropped from every split, and the splits share no question.
 
 Offline without files: `task.source=gsm_symbolic` generates GSM8K-style problems from the
 GSM-Symbolic templates (through reasoning_gym's `gsm_symbolic` dataset) from the seed:
 
-    star task=gsm8k task.source=gsm_symbolic task.train_size=1000 task.dev_size=100
+    star task=gsm8k task.source=gsm_symbolic task.train_size=1000 task.dev_size=100 task.test_size=100
 
-train and dev are separate generator streams, and dev drops questions that occur in train
-(reasoning_gym.generate). Each problem becomes an Example in this task's schema: the question
+dev, test and train are separate generator streams, drawn in that order, each dropping
+questions already drawn and the few-shot exemplars' (reasoning_gym.generate). Each problem
+becomes an Example in this task's schema: the question
 (without the generator's "Give the result as your final answer. Do not include units."), the
 answer number, and its worked solution (metadata answer_cot) as meta["solution"] ending in
 "#### N", or None when it has none or it does not end at the answer; then gold_rationale is
 None and class_of is "all". The verifier and prompts are this task's.
 
-The hub rows have no id: examples are named "<split>-00000", ... in file order (a file may
-add an "id" column of unique strings instead). task.train_size / task.dev_size cap each
-split at its first N rows in file order. Every row is checked (also those past the cap):
-missing, empty or non-string fields, and an answer that does not end in "#### N" with N a
-number and at least one solution line before it, are errors that name the row.
+The hub rows have no id: an example is named by the file or hub split it was read from and
+its row there, counting from 0 ("train-00042"; a dev example carved from train keeps its
+"train-..." name), so a problem keeps its id whatever the sizes. A file may add an "id" column
+of unique strings instead. task.train_size / dev_size / test_size cap each split at its first
+N rows in file order. Every row of every file is checked (also those past the cap): missing,
+empty or non-string fields, and an answer that does not end in "#### N" with N a number and at
+least one solution line before it, are errors that name the row.
 
 Prompt and completion (prompts/gsm8k.txt holds 8 hand-written exemplars; gsm8k_direct.txt
 the same questions with only the answer line, for the few-shot-direct baseline):
@@ -74,13 +83,34 @@ from fractions import Fraction
 from pathlib import Path
 
 from star.tasks import answers
-from star.tasks.base import Example, answer_hint, answer_line, qa_question, read_prompt, split_sizes
-from star.tasks.hf_data import DataSource, HubDataConfig, TaskDataError, data_files_of, load_rows, text_problem
+from star.tasks.base import (
+    SPLITS,
+    Example,
+    answer_hint,
+    answer_line,
+    normalize_question,
+    qa_question,
+    read_prompt,
+    split_sizes,
+    unknown_split,
+)
+from star.tasks.hf_data import (
+    NO_TEST_FIX,
+    DataSource,
+    HubDataConfig,
+    SourcedRow,
+    TaskDataError,
+    data_files_of,
+    load_rows,
+    split_rows,
+    text_problem,
+)
 
 NAME = "gsm8k"
 HUB_ID = "openai/gsm8k"
 HUB_CONFIG = "main"
-HUB_SPLITS = {"train": "train", "dev": "test"}
+# dev is carved from the hub's train split.
+HUB_SPLITS = {"train": "train", "test": "test"}
 STOP = "\n\n"
 SOURCES = ("hub_or_files", "gsm_symbolic")
 _SYMBOLIC_SUFFIX = "Give the result as your final answer. Do not include units."
@@ -304,11 +334,17 @@ def parse_exemplars(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def gsm_symbolic_example(entry: dict, rid: str) -> Example:
-    """A reasoning_gym gsm_symbolic entry as an Example in this task's schema."""
-    question = entry["question"].strip()
+def symbolic_question(question: str) -> str:
+    """A gsm_symbolic question without the generator's closing instruction."""
+    question = question.strip()
     if question.endswith(_SYMBOLIC_SUFFIX):
         question = question[: -len(_SYMBOLIC_SUFFIX)].strip()
+    return question
+
+
+def gsm_symbolic_example(entry: dict, rid: str) -> Example:
+    """A reasoning_gym gsm_symbolic entry as an Example in this task's schema."""
+    question = symbolic_question(entry["question"])
     value = parse_number(str(entry["answer"]).strip())
     if value is None:
         raise ValueError(f"gsm_symbolic problem {rid} has no numeric answer: {entry['answer']!r}")
@@ -326,37 +362,48 @@ def gsm_symbolic_example(entry: dict, rid: str) -> Example:
     return Example(id=rid, question=question, answer=answer, meta={"solution": solution, "n_steps": n_steps})
 
 
-def gsm_symbolic_splits(seed: int, sizes: dict[str, int]) -> dict[str, list[Example]]:
-    """train and dev generated from the GSM-Symbolic templates; disjoint (dev drops train's questions)."""
+def gsm_symbolic_splits(seed: int, sizes: dict[str, int], exemplars: list[str]) -> dict[str, list[Example]]:
+    """dev, test and train generated from the GSM-Symbolic templates, in that order; pairwise
+    disjoint and free of the exemplar questions (each stream drops questions already taken)."""
     from star.tasks.reasoning_gym import generate  # local: reasoning_gym takes a second to import
 
-    taken: set[str] = set()
+    def key(question: str) -> str:
+        return normalize_question(symbolic_question(question))
+
+    taken = {key(q) for q in exemplars}
     out = {}
-    for split in ("train", "dev"):
-        _, entries = generate("gsm_symbolic", {}, seed, split, sizes[split], taken, size_key=f"task.{split}_size")
+    for split in ("dev", "test", "train"):
+        _, entries = generate("gsm_symbolic", {}, seed, split, sizes[split], taken, size_key=f"task.{split}_size",
+                              key=key)
         out[split] = [gsm_symbolic_example(e, f"{split}-{n:05d}") for n, e in enumerate(entries)]
-    return out
+    return {split: out[split] for split in SPLITS}
+
+
+def example_id(row: SourcedRow) -> str:
+    """A row's own id, else "<where it was read>-<its row there>"."""
+    return row.row["id"] if row.row.get("id") is not None else f"{row.origin}-{row.index:05d}"
 
 
 class Gsm8kTask:
-    """GSM8K; see the module docstring for the format and the decisions.
+    """GSM8K; see the module docstring for the format, the splits and the decisions.
 
-    source="hub_or_files" reads each split from its file in data_files, else from the hub
-    (hub_id, hub_config); source="gsm_symbolic" generates both from the seed and takes no
-    files. prompt_dir holds gsm8k.txt and gsm8k_direct.txt in place of the packaged ones.
+    source="hub_or_files" reads each split from its file in data_files, else train and test
+    from the hub (hub_id, hub_config) and dev carved from train; source="gsm_symbolic"
+    generates all three from the seed and takes no files. prompt_dir holds gsm8k.txt and
+    gsm8k_direct.txt in place of the packaged ones.
     """
 
     name = NAME
     stop = (STOP,)
     config_class = Gsm8kConfig
 
-    def __init__(self, train_size: int, dev_size: int, data_files: dict | None = None,
+    def __init__(self, train_size: int, dev_size: int, test_size: int = 100, data_files: dict | None = None,
                  hub_id: str | None = HUB_ID, hub_config: str | None = HUB_CONFIG,
                  prompt_dir: str | Path | None = None, source: str = "hub_or_files", seed: int = 0):
-        sizes = split_sizes(train_size, dev_size)
+        sizes = split_sizes(train_size, dev_size, test_size)
         if source not in SOURCES:
             raise ValueError(f"unknown gsm8k source {source!r}; set task.source to one of: {', '.join(SOURCES)}")
-        if source != "hub_or_files" and any((data_files or {}).get(s) for s in ("train", "dev")):
+        if source != "hub_or_files" and any((data_files or {}).get(s) for s in SPLITS):
             raise ValueError(f"task.data_files are read only with task.source=hub_or_files, not {source}; "
                              f"unset task.data_files or set task.source=hub_or_files")
         self.origin = source
@@ -364,6 +411,7 @@ class Gsm8kTask:
         self.sizes = sizes
         self.prompt_dir = Path(prompt_dir) if prompt_dir is not None else None
         self.source = SOURCE.with_location(hub_id, hub_config, data_files)  # read by origin hub_or_files only
+        self.splits = self.source.task_splits() if source == "hub_or_files" else SPLITS
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: dict[str, list[Example]] = {}
         self._fewshot: dict[tuple[bool, bool], str] = {}
@@ -373,31 +421,36 @@ class Gsm8kTask:
         hub_id, hub_config = getattr(task_cfg, "hub_id", None), getattr(task_cfg, "hub_config", None)
         if not hub_id:  # the default config name belongs to the default hub id only
             hub_id, hub_config = HUB_ID, HUB_CONFIG
-        return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size,
+        return cls(train_size=task_cfg.train_size, dev_size=task_cfg.dev_size, test_size=task_cfg.test_size,
                    data_files=data_files_of(task_cfg), hub_id=hub_id, hub_config=hub_config,
                    source=getattr(task_cfg, "source", None) or "hub_or_files", seed=seed)
 
     # --- data
 
     def load(self, split: str) -> list[Example]:
-        if self.origin == "gsm_symbolic":
-            if split not in self.sizes:
-                raise ValueError(f"unknown split '{split}' for {NAME}; valid splits: {', '.join(self.sizes)}")
-            if not self._splits:
-                self._splits = gsm_symbolic_splits(self.seed, self.sizes)
-        if split not in self._splits:
-            rows = load_rows(self.source, split, limit=None, check_row=_row_problems, row_id=lambda r: r.get("id"),
-                             unique="id")
-            if any(r.get("id") is not None for r in rows):
-                if any(r.get("id") is None for r in rows):
-                    raise TaskDataError(f"{NAME} {split} data: some rows have an id and some do not; "
-                                        f"give every row a unique id, or drop the id field")
-                ids = [r["id"] for r in rows]
-            else:
-                ids = [f"{split}-{n:05d}" for n in range(len(rows))]
-            limit = self.sizes[split]
-            self._splits[split] = [row_example(r, rid) for r, rid in zip(rows[:limit], ids[:limit])]
+        if split not in self.splits:
+            raise unknown_split(NAME, split, self.splits, NO_TEST_FIX if split == "test" else "")
+        if not self._splits and self.origin == "gsm_symbolic":
+            self._splits = gsm_symbolic_splits(self.seed, self.sizes, self.exemplar_questions())
+        elif not self._splits:
+            rows = split_rows(self.source, self._read, question=lambda r: r["question"],
+                              exemplars=self.exemplar_questions(), sizes=self.sizes)
+            self._splits = {s: [row_example(r.row, example_id(r)) for r in located] for s, located in rows.items()}
         return list(self._splits[split])  # a copy: callers cannot edit the cache
+
+    def _read(self, split: str) -> list[dict]:
+        rows = load_rows(self.source, split, limit=None, check_row=_row_problems, row_id=lambda r: r.get("id"),
+                         unique="id")
+        with_id = [r.get("id") is not None for r in rows]
+        if any(with_id) and not all(with_id):
+            raise TaskDataError(f"{NAME} {split} data: some rows have an id and some do not; "
+                                f"give every row a unique id, or drop the id field")
+        return rows
+
+    def exemplar_questions(self) -> list[str]:
+        """The questions of both few-shot files: no split holds one."""
+        return [q for name in ("gsm8k.txt", "gsm8k_direct.txt")
+                for q, _ in parse_exemplars(read_prompt(name, self.prompt_dir))]
 
     # --- prompts
 

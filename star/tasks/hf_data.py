@@ -1,28 +1,44 @@
 """Task data through `datasets`: a hub dataset when online, local files with the same fields offline.
 
 One place for what every file-backed task (cqa, gsm8k) does the same way: find the rows of
-a split, check them, and cap them. The tasks only say which fields a row needs and what a
-good row looks like.
+a split, check them, make the three splits leak-free, and cap them. The tasks only say which
+fields a row needs, what a good row looks like and which questions their few-shot files hold.
 
     source = DataSource(task="cqa", hub_id="tau/commonsense_qa", hub_config=None,
-                        hub_splits={"train": "train", "dev": "validation"},
-                        data_files={"train": "cqa_train.jsonl", "dev": None},
+                        hub_splits={"train": "train", "test": "validation"},
+                        data_files={"train": "cqa_train.jsonl", "dev": None, "test": None},
                         required=("id", "question", "choices", "answerKey"), schema=CQA_SCHEMA)
-    rows = load_rows(source, "train", limit=1000, check_row=my_row_checker)
+    source.task_splits()                     # ("train", "dev"): a train file and no test file
+    rows = load_rows(source, "train", limit=None, check_row=my_row_checker)
+    splits = split_rows(source, read, question=lambda r: r["question"], exemplars=[...],
+                        sizes={"train": 1000, "dev": 500, "test": 1500})
     # The same schema read from elsewhere (a task's hub_id, hub_config and data_files keys):
     mine = source.with_location("me/cqa-copy", None, {"train": "a.jsonl", "dev": None})
 
 Their config keys (task.data_files, task.hub_id, task.hub_config) are `HubDataConfig`, which
 each file-backed task's own config schema extends.
 
+Where each split comes from (split_rows):
+- train: its file, else the hub's train split.
+- dev: its file, else carved from the train rows: task.dev_size rows picked by a constant seed
+  (random.Random("star-<task>-dev"), never the run seed, so every run of every seed selects on
+  the same dev questions), kept in file order. The carve takes dev first, from all train rows,
+  so dev does not change with train_size.
+- test: its file, else the hub's test split (hub_splits["test"]) when train comes from the hub
+  too. A run given a train file and no test file has no test split (task_splits() says so).
+Leak-free: a row whose question is a few-shot exemplar's is dropped from every split; test
+keeps the rest; dev drops questions of the test data; train drops those of the test data and
+of dev (a dev file's rows, or the carved ones). Questions compare by normalize_question
+(whitespace collapsed, case folded). Then each split keeps its first task.<split>_size rows.
+
 Decisions worth knowing:
 - A split with a file in data_files is read from that file (json: one array of objects or
   JSON lines; jsonl; parquet) with `datasets.load_dataset("json" | "parquet", ...)`. A split
   without one is read from the hub with `datasets.load_dataset(hub_id, hub_config,
   split=...)`. The hub is never contacted for a split that has a file.
-- Every row of the file is checked, also rows past the cap, so a broken file fails
-  whatever the cap. Errors name the row (counting from 1 in file order, plus its id when
-  it has one) and at most MAX_REPORTED rows are listed.
+- Every row of every file is checked, also rows past the cap or dropped as leaks, so a broken
+  file fails whatever the cap. Errors name the row (counting from 1 in file order, plus its
+  id when it has one) and at most MAX_REPORTED rows are listed.
 - The cap keeps the first `limit` rows in file order; a file with fewer rows is used whole.
 - Errors are TaskDataError, a ValueError: config validation turns it into a one-line
   ConfigError before any model loads.
@@ -32,14 +48,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from star.tasks.base import TaskConfig
+from star.tasks.base import SPLITS, TaskConfig, normalize_question
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 MAX_REPORTED = 10
+
+# What load("test") says when a run given a train file has no test file.
+NO_TEST_FIX = "set task.data_files.test=PATH to add one (with a train file, test comes only from a file)"
 
 # Offline, `datasets` retries the hub for about 25 s before it gives up; this says how to skip that.
 OFFLINE_TIP = "set HF_HUB_OFFLINE=1 to fail fast without the network"
@@ -47,10 +67,12 @@ OFFLINE_TIP = "set HF_HUB_OFFLINE=1 to fail fast without the network"
 
 @dataclass
 class DataFilesConfig:
-    """task.data_files: a local file per split, read instead of the hub (None: the hub)."""
+    """task.data_files: a local file per split, read instead of the hub. None: train and test
+    from the hub (test: only when train is too), dev carved from the train rows."""
 
     train: Optional[str] = None
     dev: Optional[str] = None
+    test: Optional[str] = None
 
 
 @dataclass
@@ -65,9 +87,9 @@ class HubDataConfig(TaskConfig):
 
 
 def data_files_of(task_cfg) -> dict[str, str | None]:
-    """{"train": file or None, "dev": file or None} from a task config's data_files (absent: None)."""
+    """{"train": file or None, "dev": ..., "test": ...} from a task config's data_files (absent: None)."""
     files = getattr(task_cfg, "data_files", None)
-    return {"train": getattr(files, "train", None), "dev": getattr(files, "dev", None)}
+    return {split: getattr(files, split, None) for split in SPLITS}
 
 
 class TaskDataError(ValueError):
@@ -81,8 +103,8 @@ class DataSource:
     task:       the task name, for messages ("cqa")
     hub_id:     `datasets` hub id read when a split has no local file (None: files only)
     hub_config: the hub dataset's config name ("main" for gsm8k), or None
-    hub_splits: our split name -> the hub's ("dev" -> "validation")
-    data_files: our split name -> a local file, or None for the hub
+    hub_splits: our split name -> the hub's ("test" -> "validation"); dev is never read from the hub
+    data_files: our split name -> a local file, or None (see the module docstring)
     required:   fields every row must have (a missing one is a schema error)
     schema:     one example row in the expected schema, shown in schema errors
     """
@@ -94,7 +116,7 @@ class DataSource:
     data_files: Mapping[str, str | None]
     required: tuple[str, ...]
     schema: str
-    splits: tuple[str, ...] = field(default=("train", "dev"))
+    splits: tuple[str, ...] = field(default=SPLITS)
 
     def with_location(self, hub_id: str | None, hub_config: str | None,
                       data_files: Mapping[str, str | None] | None) -> "DataSource":
@@ -104,9 +126,27 @@ class DataSource:
         return replace(self, hub_id=hub_id, hub_config=hub_config,
                        data_files={split: files.get(split) for split in self.splits})
 
+    def task_splits(self) -> tuple[str, ...]:
+        """The splits a task reading this source has: test only from a test file, or from the
+        hub when train comes from the hub too."""
+        if self.data_files.get("test") or not self.data_files.get("train"):
+            return SPLITS
+        return ("train", "dev")
+
     def files_hint(self) -> str:
-        return (f"task.data_files.train=PATH task.data_files.dev=PATH (json, jsonl or parquet; "
-                f"one row per question with the hub's fields, e.g. {self.schema})")
+        return (f"task.data_files.train=PATH task.data_files.test=PATH, and task.data_files.dev=PATH or none "
+                f"(dev is then carved from train) (json, jsonl or parquet; one row per question with the "
+                f"hub's fields, e.g. {self.schema})")
+
+
+@dataclass(frozen=True)
+class SourcedRow:
+    """A checked row and where it was read: origin is the file or hub split ("train", "dev",
+    "test"; a carved dev row's origin is "train") and index its position there, from 0."""
+
+    origin: str
+    index: int
+    row: dict
 
 
 def load_rows(source: DataSource, split: str, limit: int | None,
@@ -136,6 +176,75 @@ def load_rows(source: DataSource, split: str, limit: int | None,
     if unique is not None:
         check_unique(rows, unique, where)
     return rows if limit is None else rows[:limit]
+
+
+def split_rows(source: DataSource, read: Callable[[str], list[dict]], question: Callable[[dict], str],
+               exemplars: list[str], sizes: Mapping[str, int]) -> dict[str, list[SourcedRow]]:
+    """The rows of every split in source.task_splits(), leak-free and capped (the module
+    docstring says how): split -> SourcedRows in file order.
+
+    read(split) gives every row of the file or hub split `split`, checked (it raises otherwise);
+    question(row) a row's question; exemplars the few-shot files' questions; sizes the caps.
+    Raises TaskDataError when a split has no row left.
+    """
+    def key(r: SourcedRow) -> str:
+        return normalize_question(question(r.row))
+
+    taken = {normalize_question(q) for q in exemplars}
+    out: dict[str, list[SourcedRow]] = {}
+    train = sourced("train", read("train"))
+    if "test" in source.task_splits():
+        test = sourced("test", read("test"))
+        out["test"] = [r for r in test if key(r) not in taken][: sizes["test"]]
+        taken |= {key(r) for r in test}
+    if source.data_files.get("dev"):
+        dev = sourced("dev", read("dev"))
+        out["dev"] = [r for r in dev if key(r) not in taken][: sizes["dev"]]
+        taken |= {key(r) for r in dev}
+    else:
+        # A constant seed, not the run's: every run of every seed selects on the same dev questions.
+        rng = random.Random(f"star-{source.task}-dev")
+        out["dev"] = carve(train, lambda r: key(r) not in taken, sizes["dev"], rng)
+        taken |= {key(r) for r in out["dev"]}
+    out["train"] = [r for r in train if key(r) not in taken][: sizes["train"]]
+    for split, rows in out.items():
+        if not rows:
+            raise TaskDataError(f"{source.task} {split} split has no rows left: "
+                                f"{empty_reason(source, split, sizes['dev'])}")
+    return {split: out[split] for split in source.task_splits()}
+
+
+def sourced(origin: str, rows: list[dict]) -> list[SourcedRow]:
+    """Rows read from `origin`, each with its position there."""
+    return [SourcedRow(origin, n, row) for n, row in enumerate(rows)]
+
+
+def carve(rows: list[SourcedRow], eligible: Callable[[SourcedRow], bool], n: int,
+          rng: random.Random) -> list[SourcedRow]:
+    """n eligible rows picked in the order of one shuffle of all rows (so which rows are
+    eligible moves the pick only where they differ), returned in file order."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    picked: list[int] = []
+    for i in order:
+        if len(picked) == n:
+            break
+        if eligible(rows[i]):
+            picked.append(i)
+    return [rows[i] for i in sorted(picked)]
+
+
+def empty_reason(source: DataSource, split: str, dev_size: int) -> str:
+    """Why a split can end up empty, and the fix."""
+    dropped = "every question is a few-shot exemplar's"
+    if split == "dev" and not source.data_files.get("dev"):
+        return f"dev is carved from the train rows and {dropped} or in the test data; pass task.data_files.dev=PATH"
+    if split == "train" and not source.data_files.get("dev"):
+        return (f"dev is carved from the train rows (task.dev_size={dev_size}) and takes every row whose "
+                f"question is not a few-shot exemplar's or in the test data; lower task.dev_size or pass "
+                f"task.data_files.dev=PATH")
+    higher = {"test": "", "dev": " or in the test data", "train": ", in the dev data or in the test data"}[split]
+    return f"{dropped}{higher}; give task.data_files.{split} questions of its own"
 
 
 def check_columns(columns: list[str], source: DataSource, where: str) -> None:

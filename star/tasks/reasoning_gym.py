@@ -16,10 +16,11 @@ Prompt and completion (the same shape as the paper's tasks; a blank line is the 
     <blank line>
 
 Decisions worth knowing:
-- Splits: three generator streams with seeds derived from (seed, dataset, stream name): the
-  few-shot exemplars ("fewshot", 8 of them), then train, then dev. Each keeps only questions
-  not already taken (also within itself), so exemplars, train and dev are pairwise disjoint.
-  Too few distinct questions for a size is a ValueError that names the key to lower.
+- Splits: four generator streams with seeds derived from (seed, dataset, stream name): the
+  few-shot exemplars ("fewshot", 8 of them), then dev, then test, then train. Each keeps only
+  questions not already taken (also within itself; compared by normalize_question), so
+  exemplars, dev, test and train are pairwise disjoint, and dev and test do not change with
+  train_size. Too few distinct questions for a size is a ValueError that names the key to lower.
 - Questions are stripped and their blank lines collapsed: a blank line is the separator
   between exemplars (and the stop), so it must not occur inside one.
 - Rationales: reasoning_gym has no rationale for most datasets. Where an entry's metadata
@@ -47,13 +48,22 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from star.tasks import answers
-from star.tasks.base import Example, TaskConfig, answer_hint, answer_line, qa_question, split_sizes
+from star.tasks.base import (
+    SPLITS,
+    Example,
+    TaskConfig,
+    answer_hint,
+    answer_line,
+    normalize_question,
+    qa_question,
+    split_sizes,
+    unknown_split,
+)
 
 NAME = "reasoning_gym"
-SPLITS = ("train", "dev")
 STOP = "\n\n"
 N_EXEMPLARS = 8
 # Metadata keys that hold a worked solution in some datasets (gsm_symbolic: answer_cot).
@@ -114,9 +124,9 @@ def clean_question(question: str) -> str:
 
 
 def generate(dataset: str, kwargs: dict | None, seed: int, stream: str, n: int, taken: set[str],
-             size_key: str) -> tuple[Any, list[dict]]:
-    """(the dataset object, the first n entries of `stream` whose cleaned question is not in `taken`).
-    Adds their questions to `taken`. size_key names the config key to lower in the error."""
+             size_key: str, key: Callable[[str], str] = normalize_question) -> tuple[Any, list[dict]]:
+    """(the dataset object, the first n entries of `stream` whose question's key(question) is not
+    in `taken`). Adds their keys to `taken`. size_key names the config key to lower in the error."""
     cap = max(_TRIES_PER_QUESTION * n, _TRIES_MIN)
     ds = make_dataset(dataset, kwargs, seed=stream_seed(seed, dataset, stream), size=cap)
     out: list[dict] = []
@@ -124,7 +134,7 @@ def generate(dataset: str, kwargs: dict | None, seed: int, stream: str, n: int, 
         if len(out) == n:
             break
         entry = ds[idx]
-        q = clean_question(entry["question"])
+        q = key(entry["question"])
         if q in taken:
             continue
         taken.add(q)
@@ -168,12 +178,13 @@ class ReasoningGymTask:
     name = NAME
     stop = (STOP,)
     config_class = ReasoningGymConfig
+    splits = SPLITS
 
     def __init__(self, dataset: str, train_size: int, dev_size: int, seed: int = 0,
-                 dataset_kwargs: dict | None = None):
+                 dataset_kwargs: dict | None = None, test_size: int = 100):
         if not dataset:
             raise ValueError("task=reasoning_gym needs a dataset; set task.dataset=NAME (e.g. basic_arithmetic)")
-        self.sizes = split_sizes(train_size, dev_size)
+        self.sizes = split_sizes(train_size, dev_size, test_size)
         self.dataset = str(dataset)
         self.dataset_kwargs = dict(dataset_kwargs or {})
         self.seed = int(seed)
@@ -192,13 +203,13 @@ class ReasoningGymTask:
 
             kwargs = OmegaConf.to_container(kwargs, resolve=True)
         return cls(dataset=getattr(task_cfg, "dataset", None), train_size=task_cfg.train_size,
-                   dev_size=task_cfg.dev_size, seed=seed, dataset_kwargs=kwargs)
+                   dev_size=task_cfg.dev_size, test_size=task_cfg.test_size, seed=seed, dataset_kwargs=kwargs)
 
     # --- data
 
     def load(self, split: str) -> list[Example]:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split '{split}' for {NAME}; valid splits: {', '.join(SPLITS)}")
+        if split not in self.splits:
+            raise unknown_split(NAME, split, self.splits)
         if self._splits is None:
             self._build()
         return list(self._splits[split])  # a copy: callers cannot edit the cache
@@ -207,10 +218,13 @@ class ReasoningGymTask:
         taken: set[str] = set()
         args = (self.dataset, self.dataset_kwargs, self.seed)
         _, fewshot = generate(*args, "fewshot", N_EXEMPLARS, taken, size_key="(nothing: too few problems for the prompt)")
-        self._scorer, train = generate(*args, "train", self.sizes["train"], taken, size_key="task.train_size")
-        _, dev = generate(*args, "dev", self.sizes["dev"], taken, size_key="task.dev_size")
         self._exemplars = self._examples("fewshot", fewshot)
-        self._splits = {"train": self._examples("train", train), "dev": self._examples("dev", dev)}
+        # dev and test before train: a larger train_size does not move them.
+        entries = {}
+        for split in ("dev", "test", "train"):
+            self._scorer, entries[split] = generate(*args, split, self.sizes[split], taken,
+                                                    size_key=f"task.{split}_size")
+        self._splits = {split: self._examples(split, entries[split]) for split in SPLITS}
 
     @staticmethod
     def _examples(split: str, entries: list[dict]) -> list[Example]:
