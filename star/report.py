@@ -192,6 +192,22 @@ class Run:
         acc = (self.last or {}).get("test/accuracy")
         return None if acc is None else 100 * acc
 
+    def gain(self, key: str) -> float | None:
+        """Points gained on `key` from iteration 0 (the few-shot model) to the last finished iteration;
+        None before a second iteration has finished."""
+        if len(self.history) < 2 or self.history[0].get("iteration") != 0:
+            return None
+        first, last = self.history[0].get(key), self.history[-1].get(key)
+        return None if first is None or last is None else 100 * (last - first)
+
+    @property
+    def test_gain(self) -> float | None:
+        return self.gain("test/accuracy")
+
+    @property
+    def dev_gain(self) -> float | None:
+        return self.gain("eval/accuracy")
+
     @property
     def n_questions(self) -> tuple[int | None, int | None]:
         """(dev, test) questions the last iteration's accuracies rest on."""
@@ -380,6 +396,9 @@ def summarize(group: Group) -> dict:
         "task": first.task, "method": first.method, "model": first.model, "settings": group.settings,
         "seeds": ",".join(str(r.seed) for r in runs), "n": sum(r.dev_acc is not None for r in runs),
         **{f"test_acc_{k}": v for k, v in test.items()}, **{f"dev_acc_{k}": v for k, v in dev.items()},
+        **{f"test_gain_{k}": v for k, v in _pct_spread([r.test_gain for r in runs]).items()},
+        **{f"dev_gain_{k}": v for k, v in _pct_spread([r.dev_gain for r in runs]).items()},
+        "dev_gain_min": min((r.dev_gain for r in runs if r.dev_gain is not None), default=None),
         "n_test_questions": _span([r.n_questions[1] for r in runs]),
         "n_dev_questions": _span([r.n_questions[0] for r in runs]),
         "train_pct_mean": train["mean"], "train_pct_std": train["std"],
@@ -444,6 +463,12 @@ def _num(x, std=None) -> str:
     return f"{x:.1f}" if std is None else f"{x:.1f} ± {std:.1f}"
 
 
+def _signed(x, std=None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.1f}" if std is None else f"{x:+.1f} ± {std:.1f}"
+
+
 def _interval(low, high) -> str:
     return "-" if low is None else f"[{low:.1f}, {high:.1f}]"
 
@@ -464,7 +489,7 @@ def _paper(row: dict) -> str:
 
 
 SUMMARY_HEADER = ["task", "method", "model", "settings", "seeds", "n", "test acc %", "test 95% CI", "dev acc %",
-                  "dev 95% CI", "questions dev / test", "train data %", "direct %", "rationalized %", "iterations",
+                  "dev 95% CI", "test gain", "dev gain (min)", "questions dev / test", "train data %", "direct %", "rationalized %", "iterations",
                   "status", "paper (GPT-J)"]
 
 
@@ -479,6 +504,8 @@ def summary_table(rows: list[dict]) -> str:
         [r["task"], r["method"], r["model"], r["settings"] or "-", r["seeds"], str(r["n"]),
          _num(r["test_acc_mean"], r["test_acc_std"]), _interval(r["test_acc_ci_low"], r["test_acc_ci_high"]),
          _num(r["dev_acc_mean"], r["dev_acc_std"]), _interval(r["dev_acc_ci_low"], r["dev_acc_ci_high"]),
+         _signed(r["test_gain_mean"], r["test_gain_std"]),
+         "-" if r["dev_gain_mean"] is None else f"{_signed(r['dev_gain_mean'])} ({_signed(r['dev_gain_min'])})",
          f"{r['n_dev_questions'] or '-'} / {r['n_test_questions'] or '-'}",
          _num(r["train_pct_mean"], r["train_pct_std"]), _num(r["direct_pct_mean"]), _num(r["rationalized_pct_mean"]),
          _iterations(r), r["status"], _paper(r) or "-"] for r in rows])
@@ -495,14 +522,16 @@ def ablation_table(rows: list[dict]) -> str:
          _interval(r["dev_diff_low"], r["dev_diff_high"])] for r in rows])
 
 
-RUN_COLUMNS = ["task", "method", "model", "settings", "seed", "test_acc", "dev_acc", "n_dev_questions",
+RUN_COLUMNS = ["task", "method", "model", "settings", "seed", "test_acc", "dev_acc", "test_gain", "dev_gain",
+               "n_dev_questions",
                "n_test_questions", "train_pct", "direct_pct", "rationalized_pct", "last_iteration", "n_iterations",
                "status", "overrides", "path"]
 
 
 def run_rows(groups: list[Group]) -> list[dict]:
     return [{"task": r.task, "method": r.method, "model": r.model, "settings": g.settings, "seed": r.seed,
-             "test_acc": r.test_acc, "dev_acc": r.dev_acc, "n_dev_questions": r.n_questions[0],
+             "test_acc": r.test_acc, "dev_acc": r.dev_acc, "test_gain": r.test_gain, "dev_gain": r.dev_gain,
+             "n_dev_questions": r.n_questions[0],
              "n_test_questions": r.n_questions[1], "train_pct": r.train_pct, "direct_pct": r.direct_pct,
              "rationalized_pct": r.rationalized_pct, "last_iteration": r.last_iteration,
              "n_iterations": r.n_iterations, "status": r.status, "overrides": " ".join(r.overrides),
@@ -530,6 +559,8 @@ HOW_TO_READ = [
     "Mean ± sample standard deviation (n-1) over the runs of a group (n runs, one per seed); runs are grouped "
     "when their configs differ only in the seed. **95% CI**: a Student t interval over seeds, mean ± "
     "t(0.975, n-1) · std / √n (none for one seed). `-` where the task had no test split.",
+    "- **test gain**, **dev gain (min)**: points gained from iteration 0 (the few-shot model) to the last "
+    "finished iteration, per run, then mean (± std over seeds; in brackets the lowest seed's dev gain).",
     "- **dev acc %**: the same on dev (`eval/accuracy`), the split settings may be chosen on; **questions dev / "
     "test**: how many questions each run's accuracies rest on.",
     "- **train data %**: `data/train_fraction` of that iteration (examples trained on / training questions), "

@@ -419,6 +419,24 @@ def test_test_accuracy_is_the_headline_with_a_95_percent_interval(tmp_path):
     assert cells["questions dev / test"] == "50 / 60"
     assert sorted(float(r["test_acc"]) for r in runs) == sorted(values)
     assert "t interval over seeds" in md
+    gains = [100 * (t - 0.1) for t in tests.values()]  # iteration 0 scored 10% on test, 10% on dev
+    assert float(row["test_gain_mean"]) == pytest.approx(statistics.fmean(gains))
+    assert float(row["test_gain_std"]) == pytest.approx(statistics.stdev(gains))
+    assert float(row["dev_gain_mean"]) == pytest.approx(60.0) and float(row["dev_gain_min"]) == pytest.approx(60.0)
+    assert cells["test gain"] == f"{statistics.fmean(gains):+.1f} ± {statistics.stdev(gains):.1f}"
+    assert cells["dev gain (min)"] == "+60.0 (+60.0)"
+    assert sorted(float(r["test_gain"]) for r in runs) == pytest.approx(sorted(gains))
+
+
+def test_dev_gain_min_is_the_worst_seed(tmp_path):
+    for seed, last in enumerate((0.7, 0.5, 0.9)):
+        make_run(tmp_path / "sweep", f"s{seed}", seed=seed, accs=(0.1, 0.3, last))
+    make_run(tmp_path / "sweep2", "one", accs=(0.2,), n_iterations=0)
+    md, rows, _ = report([tmp_path / "sweep", tmp_path / "sweep2"], tmp_path / "out")
+    by_n = {r["n"]: r for r in rows}
+    assert float(by_n["3"]["dev_gain_mean"]) == pytest.approx(60.0)
+    assert float(by_n["3"]["dev_gain_min"]) == pytest.approx(40.0)
+    assert by_n["1"]["dev_gain_mean"] == "" and by_n["1"]["test_gain_mean"] == ""  # one iteration: no gain
 
 
 def test_no_test_split_shows_a_dash_not_dev(tmp_path):
