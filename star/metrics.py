@@ -48,6 +48,9 @@ def training_metrics(run_dir: Path, iteration: int, kept: list[dict]) -> dict:
         "gen/solve_rate": gen["n_correct"] / n,
         "gen/rationalized_rate": rat["n_correct"] / n,
         "gen/hint_leaked": rat["n_hint_leaked"],
+        # Answers (direct and rationalized) whose scoring raised and were scored wrong; markers written
+        # before this count existed read as 0.
+        "gen/scorer_errors": gen.get("n_scorer_errors", 0) + rat.get("n_scorer_errors", 0),
         "data/train_fraction": train["n_examples"] / n,
         "data/n_examples": train["n_examples"],
         "data/n_direct": train["n_direct"],

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from star import artifacts as A
-from star.models import load_checkpoint, load_model_and_tokenizer
+from star import models  # called as models.X, not imported by name: a test patching star.models.X sees every load
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ModelCache:
     def base(self):
         """(model, tokenizer) of M, untouched by fine-tuning (the train stage trains a copy)."""
         if self._base is None:
-            self._base = load_model_and_tokenizer(self.cfg.model, seed=self.cfg.seed)
+            self._base = models.load_model_and_tokenizer(self.cfg.model, seed=self.cfg.seed)
         return self._base
 
     @property
@@ -75,7 +75,7 @@ class ModelCache:
         if ref.checkpoint is None:
             model = self.base()[0]
         else:
-            model, _ = load_checkpoint(self.run_dir / ref.checkpoint, dtype=self.cfg.model.dtype)
+            model, _ = models.load_checkpoint(self.run_dir / ref.checkpoint, dtype=self.cfg.model.dtype)
         self._current = (ref, model)
         return model
 

@@ -91,6 +91,7 @@ def test_counts_are_exact_and_no_hint_reaches_training(tmp_path):
     assert m["data/train_fraction"] == pytest.approx((n_direct + n_rat) / 30)
     assert m["data/n_examples"] == n_direct + n_rat
     assert m["train/steps"] == 2  # debug=fast: base_steps 2
+    assert m["gen/scorer_errors"] == 0  # arithmetic's verifier cannot raise: no scorer_errors attribute
     for key in ("eval/accuracy", "eval/accuracy/1", "eval/accuracy/2", "train/loss", "perf/gen_tokens_per_s",
                 "perf/train_tokens_per_s", "time/generate_s", "time/rationalize_s", "time/train_s", "time/eval_s"):
         assert key in m, key
@@ -256,6 +257,25 @@ class RightForWrongReasons(ScriptedGenerator):
                 pad = re.sub(r"=(\d+)", lambda m: f"={int(m.group(1)) + 1}", pad, count=1)
             out.append(pad)
         return out
+
+
+def test_scorer_errors_of_the_generate_and_rationalize_passes_are_logged(tmp_path):
+    """gen/scorer_errors counts the answers of the two passes whose scoring raised (the task counts them in
+    scorer_errors, as reasoning_gym does); scoring elsewhere (the eval stage, the prompt) is not counted."""
+    loop, _ = make_loop(tmp_path, ["n_iterations=1"])
+    task, real = loop.task, loop.task.is_correct
+    task.scorer_errors = 0
+
+    def is_correct(example, completion):
+        task.scorer_errors += 1  # as if every scoring raised
+        return real(example, completion)
+
+    task.is_correct = is_correct
+    history = loop.run()
+    rats = A.read_jsonl(A.iter_dir(loop.run_dir, 1) / "rationalizations.jsonl")
+    assert len(rats) > 0 and task.scorer_errors > 30 + len(rats), "eval scored too, uncounted"
+    assert history[1]["gen/scorer_errors"] == 30 + len(rats)
+    assert A.read_done(loop.run_dir, 1, "generate")["n_scorer_errors"] == 30
 
 
 @pytest.mark.parametrize("only_faithful", [False, True])

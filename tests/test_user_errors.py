@@ -27,6 +27,10 @@ def bad_file(tmp_path: Path, task: str, edit) -> list[str]:
     return [f"task={task}", f"task.data_files.train={path}", f"task.data_files.dev={DATA / task / 'dev.jsonl'}"]
 
 
+class ModelLoaded(Exception):
+    """Raised by the patched model loaders: the run got as far as loading a model."""
+
+
 def _set(row: dict, key: str, value) -> None:
     row[key] = value
 
@@ -65,6 +69,7 @@ CASES = [
     (["logger.mode=cloud"], "logger.mode"),
     (["plateau_patience=0"], "plateau_patience"),
     (["model=hf", "model.name_or_path=/no/such/model"], "/no/such/model"),
+    (["task=reasoning_gym", "task.dataset=spiral_matrix"], "parsed, never executed"),  # its scorer runs answers
     (["task=cqa", "task.data_files.train=/no/such/file.jsonl", "task.data_files.dev=/no/such/dev.jsonl"],
      "/no/such"),
     (lambda t: bad_file(t, "cqa", lambda d: d[0].pop("answerKey")), "answerKey"),
@@ -82,18 +87,25 @@ def test_user_error_exits_with_one_clear_message(case, needle, tmp_path, monkeyp
     overrides = case(tmp_path) if callable(case) else case
     run_dir = tmp_path / "run"
     loaded = []
-    # Patched where the run looks it up (the model cache imported it by name).
-    monkeypatch.setattr("star.model_cache.load_model_and_tokenizer", lambda *a, **k: loaded.append(1))
+
+    def load(*args, **kwargs):
+        loaded.append(args)
+        raise ModelLoaded  # stop the run here: a load is this test's failure, whatever follows it
+
+    # Patched in star.models, where every loader looks these up when it runs (star/model_cache.py calls
+    # models.X; star/sharding.py and star/training/slurm.py import them inside the function).
+    monkeypatch.setattr("star.models.load_model_and_tokenizer", load)
+    monkeypatch.setattr("star.models.load_checkpoint", load)
     monkeypatch.setattr(sys, "argv", ["star", *FAST, *overrides, f"hydra.run.dir={run_dir}"])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises((SystemExit, ModelLoaded)) as e:
         cli.main()
+    assert not loaded, "no model may be loaded before the input is checked"
     assert e.value.code == 2
     out = capsys.readouterr()
     text = out.err + out.out
     assert needle in text, text[-2000:]
     assert "Traceback" not in text
-    assert not loaded, "no model may be loaded before the input is checked"
     assert not (run_dir / "iter_00").exists()
 
 

@@ -1,7 +1,8 @@
 """Stage 1, generate: every (sampled) training question answered by M(n-1), without a hint.
 
 Writes iter_NN/generations.jsonl (one row per question: completion, answer, correct, faithful);
-returns the marker's counts. method.data=gold (direct fine-tuning) generates nothing.
+returns the marker's counts (n_scorer_errors: answers whose scoring raised, scored wrong).
+method.data=gold (direct fine-tuning) generates nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from star import artifacts as A
 from star.faults import crash_point
 from star.model_cache import model_ref
 from star.stages.context import StageContext
-from star.stages.passes import answer_row, run_pass
+from star.stages.passes import answer_row, run_pass, scorer_errors
 
 
 def generate(ctx: StageContext, iteration: int) -> dict:
@@ -21,7 +22,8 @@ def generate(ctx: StageContext, iteration: int) -> dict:
     if ctx.cfg.method.data == "gold":
         # Supervised on the gold answers: nothing to generate.
         A.write_jsonl(out, [])
-        return {"n_questions": len(questions), "n_correct": 0, "gen_tokens": 0, "gen_tokens_per_s": 0.0}
+        return {"n_questions": len(questions), "n_correct": 0, "n_scorer_errors": 0, "gen_tokens": 0,
+                "gen_tokens_per_s": 0.0}
     ref = model_ref(ctx.run_dir, iteration - 1)
     start = time.perf_counter()
     completions, n_tokens = run_pass(ctx, iteration, "generate", ref, ctx.prompt_for(ref),
@@ -29,7 +31,9 @@ def generate(ctx: StageContext, iteration: int) -> dict:
                                      [ctx.seed(iteration, "generate", ex.id) for ex in questions])
     seconds = time.perf_counter() - start
     crash_point(f"{iteration}/generate/after_batches")
+    errors_before = scorer_errors(ctx.task)
     rows = [answer_row(ctx, ex, c) for ex, c in zip(questions, completions)]
     A.write_jsonl(out, rows)
     return {"n_questions": len(rows), "n_correct": sum(r["correct"] for r in rows),
+            "n_scorer_errors": scorer_errors(ctx.task) - errors_before,
             "gen_tokens": n_tokens, "gen_tokens_per_s": n_tokens / seconds if seconds > 0 else 0.0}

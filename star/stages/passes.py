@@ -37,6 +37,12 @@ def run_pass(ctx: StageContext, iteration: int, name: str, ref: ModelRef, prefix
     return sharding.run_pass(ctx.run_dir, cfg, spec, lambda: ctx.generator(ctx.models.get(ref)))
 
 
+def scorer_errors(task) -> int:
+    """How many answers the task's scorer has raised on so far (scored wrong). Optional in the Task
+    protocol: 0 for a task whose verifier cannot raise. A stage logs the difference over its rows."""
+    return int(getattr(task, "scorer_errors", 0))
+
+
 def answer_row(ctx: StageContext, ex: Example, completion: str) -> dict:
     """One line of generations.jsonl / rationalizations.jsonl: the answer as the task reads it."""
     task = ctx.task

@@ -34,6 +34,11 @@ are one problem; elsewhere questions compare by `normalize_question`), none hold
 exemplar's problem, and dev and test are drawn before train, so train_size does not move them
 (arithmetic: except through its per-digit-count caps; see its module docstring).
 `load(split)` of a split not in `splits` raises ValueError naming the fix (`unknown_split`).
+
+Optional: a task whose verifier calls code that may raise on an answer (reasoning_gym's scorers)
+scores that answer wrong and counts it in an int attribute `scorer_errors`; the stages log the
+count per iteration as gen/scorer_errors (0 for tasks without one). It is not a protocol member,
+so tasks whose verifiers cannot raise need not define it.
 """
 
 from __future__ import annotations

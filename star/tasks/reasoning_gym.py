@@ -1,8 +1,8 @@
-"""reasoning_gym: any of reasoning_gym's procedurally generated, verifiable datasets as a star task.
+"""reasoning_gym: reasoning_gym's procedurally generated, verifiable datasets as a star task.
 
     star task=reasoning_gym task.dataset=chain_sum
     star task=reasoning_gym task.dataset=basic_arithmetic +task.dataset_kwargs.max_terms=3   # "+": a new key
-    python -c "import reasoning_gym; print(sorted(reasoning_gym.factory.DATASETS))"   # every dataset name
+    python -c "from star.tasks.reasoning_gym_audit import safe_datasets; print(safe_datasets())"   # accepted names
 
 Problems are generated in-process from the seed (no files, no network), by
 `reasoning_gym.create_dataset(task.dataset, seed=..., size=..., **task.dataset_kwargs)`, and
@@ -41,12 +41,20 @@ Decisions worth knowing:
   ranges (the dataset's config, the same for every entry), the entry's own values of those keys
   ("num_digits=1,num_terms=3"); else "all".
 - is_faithful is None: steps are not checked.
+- Safety: model output is parsed, never executed. Some reasoning_gym scorers evaluate the answer
+  (Python's eval, sympy's parse_expr); those datasets are refused when the task is built, with the
+  reason and the safe datasets named (star/tasks/reasoning_gym_audit.py has the list, the evidence and
+  why refusing beats a sandbox; tests/test_reasoning_gym_audit.py re-checks it from the installed sources).
+- A scorer that raises on an answer scores it wrong, and counts it in `scorer_errors` (the stages log
+  the count per iteration as gen/scorer_errors): a scorer that chokes on every answer shows up as
+  errors rather than as a solve rate of 0.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -62,6 +70,7 @@ from star.tasks.base import (
     split_sizes,
     unknown_split,
 )
+from star.tasks.reasoning_gym_audit import refusal, safe_datasets
 
 NAME = "reasoning_gym"
 STOP = "\n\n"
@@ -188,8 +197,16 @@ class ReasoningGymTask:
         self.dataset = str(dataset)
         self.dataset_kwargs = dict(dataset_kwargs or {})
         self.seed = int(seed)
-        # Fail on an unknown name or bad kwargs at construction, before anything is generated.
+        # Fail at construction, before anything is generated: on a dataset whose scorer would execute
+        # model output (see reasoning_gym_audit), then on an unknown name or bad kwargs.
+        if (why := refusal(self.dataset)) is not None:
+            safe = safe_datasets()  # none when the installed reasoning-gym is not the audited one
+            fix = (f"; model output is parsed, never executed: set task.dataset to one of the {len(safe)} "
+                   f"datasets whose scorers only parse: {', '.join(safe)}") if safe else ""
+            raise ValueError(why + fix)
         self._scorer = make_dataset(self.dataset, self.dataset_kwargs, seed=0, size=1)
+        # Answers whose scoring raised (scored wrong); the stages log the count as gen/scorer_errors.
+        self.scorer_errors = 0
         # Filled on first use; per instance, so there is no module-level mutable state.
         self._splits: dict[str, list[Example]] | None = None
         self._exemplars: list[Example] = []
@@ -272,7 +289,12 @@ class ReasoningGymTask:
         entry = example.meta.get("entry") or {"question": example.question, "answer": example.answer, "metadata": {}}
         try:
             return float(self._scorer.score_answer(answer, entry))
-        except Exception:  # a scorer that chokes on a malformed answer: that answer is wrong
+        except Exception as e:  # a scorer that chokes on a malformed answer: that answer is wrong, and counted
+            self.scorer_errors += 1
+            if self.scorer_errors == 1:  # the first one's cause, once; the count goes to the metrics
+                warnings.warn(f"[star] reasoning_gym {self.dataset!r} scorer raised {type(e).__name__}: "
+                              f"{str(e)[:200]} (on answer {answer[:80]!r}); scored wrong, counted in "
+                              "gen/scorer_errors", stacklevel=2)
             return 0.0
 
     def is_correct(self, example: Example, completion: str) -> bool:
