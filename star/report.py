@@ -790,7 +790,8 @@ def write_report(paths: list[Path], out: Path | None = None, plots: bool = True,
     if ablations:
         (out / "ablations.csv").write_text(_csv(ablations, list(ablations[0])), encoding="utf-8")
         written["ablations.csv"] = out / "ablations.csv"
-    (out / "report.md").write_text(markdown_report(groups, rows, list(written), ablations, base) + "\n",
+    plot_names = [name for name in written if name.endswith(".png")]
+    (out / "report.md").write_text(markdown_report(groups, rows, plot_names, ablations, base) + "\n",
                                    encoding="utf-8")
     written["report.csv"] = out / "report.csv"
     written["runs.csv"] = out / "runs.csv"
