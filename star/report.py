@@ -517,8 +517,8 @@ ABLATION_HEADER = ["setting", "group", "paired seeds", "test diff (points)", "te
 
 def ablation_table(rows: list[dict]) -> str:
     return _table(ABLATION_HEADER, [
-        [r["setting"], r["group"], r["seeds"], _num(r["test_diff_mean"], r["test_diff_std"]),
-         _interval(r["test_diff_low"], r["test_diff_high"]), _num(r["dev_diff_mean"], r["dev_diff_std"]),
+        [r["setting"], r["group"], r["seeds"], _signed(r["test_diff_mean"], r["test_diff_std"]),
+         _interval(r["test_diff_low"], r["test_diff_high"]), _signed(r["dev_diff_mean"], r["dev_diff_std"]),
          _interval(r["dev_diff_low"], r["dev_diff_high"])] for r in rows])
 
 

@@ -470,6 +470,7 @@ def test_paired_differences_against_the_baseline(tmp_path):
     assert hot["seeds"] == "0" and float(hot["test_diff_mean"]) == pytest.approx(40.0) and hot["test_diff_low"] == ""
     md = written["report.md"].read_text()
     assert "## Ablations: paired differences against the baseline" in md and "ablation=rationalization_off" in md
+    assert f"| {mean:+.1f} ± {std:.1f} |" in md  # signed: "-8.3 ± 2.9", a difference reads as one
     assert "Plots:" not in md  # plots=False: no plot line, and a CSV is never listed as one
 
 
