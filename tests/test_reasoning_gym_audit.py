@@ -306,12 +306,15 @@ def test_hostile_answers_run_nothing_hang_nothing_and_score_wrong(tmp_path):
 
 
 def test_the_hostile_answer_check_can_fail(tmp_path):
-    # Through the same worker, with the audit bypassed for two refused datasets: an answer runs
-    # (spiral_matrix's eval), and a call hangs and is killed (propositional_logic's parser).
+    # Through the same worker, with the audit bypassed for a refused dataset, an answer runs
+    # (spiral_matrix's eval); and a scorer made to hang (chain_sum's, patched to sleep in the worker
+    # only: a real parser's hang depends on the machine's speed) is killed and reported.
     marker = tmp_path / "ran"
-    answers = [f"__import__('pathlib').Path('{marker}').write_text('x')", hostile_answers(tmp_path)[-1]]
-    bypass = "import star.tasks.reasoning_gym as T; T.refusal = lambda name: None\n"
-    done, hung = score_in_worker(["spiral_matrix", "propositional_logic"], answers, tmp_path / "worker.log",
-                                 prelude=bypass)
+    answers = [f"__import__('pathlib').Path('{marker}').write_text('x')", "1"]
+    prelude = ("import star.tasks.reasoning_gym as T; T.refusal = lambda name: None\n"
+               "import time, reasoning_gym.arithmetic.chain_sum as C\n"
+               "C.ChainSumDataset.score_answer = lambda self, answer, entry: time.sleep(60)\n")
+    done, hung = score_in_worker(["spiral_matrix", "chain_sum"], answers, tmp_path / "worker.log", prelude=prelude)
     assert marker.exists()
-    assert hung == ["['propositional_logic', 1]: no answer within the limit"] and len(done) == 3
+    assert hung == ["['chain_sum', 0]: no answer within the limit"]
+    assert [record[:2] for record in done] == [["spiral_matrix", 0], ["spiral_matrix", 1]]
