@@ -13,7 +13,7 @@ from star import artifacts as A
 from star.faults import crash_point
 from star.model_cache import model_ref
 from star.stages.context import StageContext
-from star.stages.passes import answer_row, run_pass, scorer_errors
+from star.stages.passes import answer_rows, run_pass
 
 
 def generate(ctx: StageContext, iteration: int) -> dict:
@@ -31,9 +31,8 @@ def generate(ctx: StageContext, iteration: int) -> dict:
                                      [ctx.seed(iteration, "generate", ex.id) for ex in questions])
     seconds = time.perf_counter() - start
     crash_point(f"{iteration}/generate/after_batches")
-    errors_before = scorer_errors(ctx.task)
-    rows = [answer_row(ctx, ex, c) for ex, c in zip(questions, completions)]
+    rows, n_scorer_errors = answer_rows(ctx, questions, completions)
     A.write_jsonl(out, rows)
     return {"n_questions": len(rows), "n_correct": sum(r["correct"] for r in rows),
-            "n_scorer_errors": scorer_errors(ctx.task) - errors_before,
+            "n_scorer_errors": n_scorer_errors,
             "gen_tokens": n_tokens, "gen_tokens_per_s": n_tokens / seconds if seconds > 0 else 0.0}

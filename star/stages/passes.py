@@ -37,15 +37,13 @@ def run_pass(ctx: StageContext, iteration: int, name: str, ref: ModelRef, prefix
     return sharding.run_pass(ctx.run_dir, cfg, spec, lambda: ctx.generator(ctx.models.get(ref)))
 
 
-def scorer_errors(task) -> int:
-    """How many answers the task's scorer has raised on so far (scored wrong). Optional in the Task
-    protocol: 0 for a task whose verifier cannot raise. A stage logs the difference over its rows."""
-    return int(getattr(task, "scorer_errors", 0))
-
-
-def answer_row(ctx: StageContext, ex: Example, completion: str) -> dict:
-    """One line of generations.jsonl / rationalizations.jsonl: the answer as the task reads it."""
+def answer_rows(ctx: StageContext, examples: list[Example], completions: list[str]) -> tuple[list[dict], int]:
+    """One line of generations.jsonl / rationalizations.jsonl per answer (the answer as the task reads
+    it), and how many of them the task's scorer raised on (scored wrong). Counting those is optional in
+    the Task protocol (an int attribute `scorer_errors`): 0 for a task whose verifier cannot raise."""
     task = ctx.task
-    return {"id": ex.id, "question": ex.question, "gold": ex.answer, "completion": completion,
-            "answer": task.extract_answer(completion), "correct": task.is_correct(ex, completion),
-            "faithful": task.is_faithful(ex, completion)}
+    errors_before = int(getattr(task, "scorer_errors", 0))
+    rows = [{"id": ex.id, "question": ex.question, "gold": ex.answer, "completion": c,
+             "answer": task.extract_answer(c), "correct": task.is_correct(ex, c), "faithful": task.is_faithful(ex, c)}
+            for ex, c in zip(examples, completions)]
+    return rows, int(getattr(task, "scorer_errors", 0)) - errors_before

@@ -13,7 +13,7 @@ import random
 from star import artifacts as A
 from star.model_cache import model_ref
 from star.stages.context import StageContext
-from star.stages.passes import answer_row, run_pass, scorer_errors
+from star.stages.passes import answer_rows, run_pass
 from star.tasks.base import Example
 
 
@@ -23,18 +23,15 @@ def rationalize(ctx: StageContext, iteration: int) -> dict:
     failures = [by_id[r["id"]] for r in generations if not r["correct"]]
     chosen = chosen_failures(ctx, iteration, failures)
     completions = retry_with_hint(ctx, iteration, chosen) if chosen else []
-    rows = []
-    errors_before = scorer_errors(ctx.task)
-    for ex, c in zip(chosen, completions):
-        row = answer_row(ctx, ex, c)
+    rows, n_scorer_errors = answer_rows(ctx, chosen, completions)
+    for ex, row in zip(chosen, rows):
         # A completion that repeats the hint would carry it into training: never keep it.
-        row["hint_leaked"] = ctx.task.hint_text(ex).strip() in c
+        row["hint_leaked"] = ctx.task.hint_text(ex).strip() in row["completion"]
         row["correct"] = row["correct"] and not row["hint_leaked"]
-        rows.append(row)
     A.write_jsonl(A.stage_file(ctx.run_dir, iteration, "rationalizations.jsonl"), rows)
     return {"n_failures": len(failures), "n_attempted": len(rows), "n_correct": sum(r["correct"] for r in rows),
             "n_hint_leaked": sum(r["hint_leaked"] for r in rows),
-            "n_scorer_errors": scorer_errors(ctx.task) - errors_before}
+            "n_scorer_errors": n_scorer_errors}
 
 
 def chosen_failures(ctx: StageContext, iteration: int, failures: list[Example]) -> list[Example]:
