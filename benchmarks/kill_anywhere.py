@@ -348,7 +348,11 @@ def check_wandb(run: Path) -> list[str]:
         return problems + [f"W&B offline parts unreadable: {e}"]
     for it in range(n_iterations(run) + 1):
         logged = [r for r in history if int(r.get("iteration", -1)) == it]
-        metrics = A.read_json(A.metrics_of(run, it))
+        try:
+            metrics = A.read_json(A.metrics_of(run, it))
+        except (OSError, ValueError) as e:
+            problems.append(f"iteration {it}: metrics.json unreadable ({e})")
+            continue
         if not logged:
             problems.append(f"W&B history has no row for iteration {it}")
         elif logged[-1].get("eval/accuracy") != metrics["eval/accuracy"]:
