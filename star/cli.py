@@ -8,25 +8,43 @@
 User errors (a key the chosen option does not read, a bad value, a missing model) print one
 message naming the fix and exit 2, before anything is written: the config is composed (Hydra),
 checked (star/config.py: pure) and pre-flighted (star/preflight.py: data, model, memory, devices)
-before the run directory's lock is taken.
+before the run directory's lock is taken. A sweep (-m, sweeps/) checks every point before it launches
+any (SweepCheck). tests/test_user_errors.py holds the cases and their exact messages.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import (
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+    SearchPathException,
+)
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from star.config import ConfigError, check_option_keys, describe_config_error, inactive_settings, register_configs, validate
+from star.config import (
+    ConfigError,
+    StarConfig,
+    check_option_keys,
+    describe_config_error,
+    inactive_settings,
+    register_configs,
+    validate,
+    validate_launcher,
+)
 
 register_configs()
 
@@ -132,6 +150,77 @@ def _hydra_errors_raised():
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
+class SweepCheck(Callback):
+    """Hydra callback (conf/config.yaml, hydra.callbacks): before a sweep launches anything, its SLURM launcher
+    settings are checked and every point is composed and checked (the pure checks of star/config.py), so a
+    bad value fails at once, not after the points before it ran (or were submitted)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # Hydra turns a callback's exception into a warning and goes on: exit here (SystemExit passes).
+        try:
+            check_sweep(config)
+        except ConfigError as e:
+            _error(str(e))
+        except HydraException as e:
+            _error(describe_config_error(e) or _hydra_message(e, sys.argv[1:]))
+
+
+def check_sweep(config: DictConfig) -> None:
+    """The checks of SweepCheck; `config` is the sweep's own (hydra node included). Raises ConfigError."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from star.preflight import check_sweep_launcher_available
+
+    validate_launcher(config.hydra.launcher)
+    check_sweep_launcher_available(config.hydra.launcher)
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return  # another sweeper picks its points as it goes
+    # The points as BasicSweeper makes them: the sweep file's params, then the command line's overrides.
+    loader = GlobalHydra.instance().config_loader()
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(
+        params + list(config.hydra.overrides.task))
+    swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+    points = [point for batch in BasicSweeper.split_arguments(overrides, None) for point in batch]
+    for n, point in enumerate(points, 1):
+        cfg = loader.load_sweep_config(config, list(point))
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        try:
+            check_option_keys(cfg)
+            validate(cfg)
+        except ConfigError as e:
+            shown = " ".join(o for o in point if o.split("=", 1)[0] in swept)
+            raise ConfigError(f"sweep point {n} of {len(points)} ({shown}): {e}; nothing was launched") from None
+
+
+# The groups every run needs one option of (the schema has no default for them).
+REQUIRED_GROUPS = tuple(f.name for f in dataclasses.fields(StarConfig) if f.default is MISSING)
+
+
+def _override_problem(argv: list[str]) -> str | None:
+    """Overrides Hydra would fail on with a traceback or an unrelated message: no key, or a required group
+    deleted."""
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        key = arg.split("=", 1)[0]
+        if "=" in arg and not key.lstrip("+~"):
+            return f"the override '{arg}' has no key; write KEY=VALUE, e.g. seed=3"
+        if key.startswith("~") and key[1:] in REQUIRED_GROUPS:
+            group = key[1:]
+            return (f"{key} removes the {group}, and every run needs one; choose one with {group}=NAME "
+                    f"({', '.join(_options(Path(CONF_DIR) / group))})")
+    return None
+
+
+def _options(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
 def _run_dir_problem(argv: list[str]) -> str | None:
     """Hydra creates the run directory before our code runs, and fails with a traceback when it
     cannot: check an explicit hydra.run.dir first."""
@@ -145,20 +234,66 @@ def _run_dir_problem(argv: list[str]) -> str | None:
     return None
 
 
+def _error(message: str) -> None:
+    print(f"star: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
-    problem = _run_dir_problem(sys.argv[1:])
+    argv = sys.argv[1:]
+    problem = _override_problem(argv) or _run_dir_problem(argv)
     if problem:
-        print(f"star: error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        _error(problem)
     try:
         with _hydra_errors_raised():
             _hydra_main()
     except HydraException as e:
         # Composing the config failed (Hydra wraps every composition error in its own exceptions; a run's
         # own failure is never one): an unknown option, a key the chosen option does not read, a wrong type.
-        message = describe_config_error(e) or _compact(e)
-        print(f"star: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _error(describe_config_error(e) or _hydra_message(e, argv))
+    except Exception as e:
+        if type(e).__name__ != "FailedJobError" or not type(e).__module__.startswith("submitit"):
+            raise
+        # sbatch refused a sweep's jobs (hydra/launcher=slurm); submitit has printed what sbatch said.
+        above = " (its message is above)" if str(e).strip() else ""
+        _error(f"sbatch refused the sweep's jobs{above}; fix the hydra.launcher setting it names (partition, "
+               "timeout_min, mem_gb, additional_parameters.account ...), or check that SLURM answers here (sinfo)")
+
+
+def _hydra_message(e: HydraException, argv: list[str]) -> str:
+    """One message with the fix for Hydra's own errors about the command line; else Hydra's message."""
+    if isinstance(e, OverrideParseException):
+        lines = [line for line in e.message.splitlines() if not line.startswith("See https://")]
+        if lines[0].startswith("LexerNoViableAltException: "):  # the next line puts a caret under the character
+            at = len(lines[1].rstrip()) - 1 - len("LexerNoViableAltException: ")
+            detail = f"unexpected character {e.override[at]!r} at position {at + 1}"
+        else:
+            detail = " ".join(lines[1:] if lines[0].startswith("Error parsing override") else lines)
+        return (f"cannot parse the override '{e.override}' ({detail}); write KEY=VALUE, and quote a value with "
+                f"special characters: KEY='VALUE' (https://hydra.cc/docs/1.2/advanced/override_grammar/basic)")
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+        return _missing_config_message(e, argv) or _compact(e)
+    if isinstance(e, SearchPathException):
+        return f"{e}; -cd (--config-dir) takes a directory of config files, e.g. -cd sweeps"
+    return _compact(e)
+
+
+def _missing_config_message(e: MissingConfigException, argv: list[str]) -> str | None:
+    """An option or a primary config (-cn) that does not exist: the ones that do."""
+    path = e.missing_cfg_file
+    if str(e).startswith("Cannot find primary config"):
+        folder = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-cd", "--config-dir")), None)
+        where = folder or "conf"
+        names = _options(Path(folder) if folder else Path(CONF_DIR))
+        return f"-cn {path}: there is no {path}.yaml in {where}/; choose one of: {', '.join(names)} (-cn NAME)"
+    group, _, name = path.rpartition("/")
+    if not group or not e.options:
+        return None
+    parent = re.match(r"In '([^']+)': ", str(e))
+    # Named when the option comes from a file of ours other than the root config (an experiment, a sweep).
+    where = f"in {parent.group(1)}.yaml: " if parent and parent.group(1) != "config" \
+        and not parent.group(1).startswith("hydra/") else ""
+    return f"{where}unknown {group} option '{name}'; choose one of: {', '.join(e.options)} ({group}=NAME)"
 
 
 def _compact(e: BaseException) -> str:

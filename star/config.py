@@ -18,25 +18,31 @@ Everything here is pure: no file, model, device or PATH is looked at (that is st
     register_configs()                 # before composing (the CLI and tests do this)
     check_option_keys(cfg)             # keys added with "+" that the chosen option does not read
     validate(cfg)                      # ranges and choices the types cannot express
+    validate_launcher(launcher_cfg)    # a sweep's hydra/launcher=slurm settings
     inactive_settings(cfg)             # ["rationalization.p_rationalization=0.5 (rationalization.enabled=false)"]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from star.generation import GeneratorConfig, generator_config_classes
-from star.models import MODELS, LoraConfig, ModelConfig, model_config_classes
+from star.models import DTYPES, MODELS, LoraConfig, ModelConfig, model_config_classes
 from star.slurm import SlurmJobConfig
 from star.tasks import TASKS, task_config_classes
 from star.tasks.base import TaskConfig
-
 
 # Where a method's training examples come from (method.data).
 METHOD_DATA = ("generated", "gold")
@@ -99,6 +105,9 @@ class ScheduleConfig:
     epoch_growth: float = 0.2
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Lightning's precision names (and their short aliases).
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16", "64")
 STRATEGIES = ("auto", "ddp", "fsdp")  # star/training/fit.py builds them
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 OPTIMIZERS = ("adam", "adamw")
@@ -251,8 +260,31 @@ def describe_config_error(exc: BaseException) -> str | None:
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         return unknown_key_message(e.full_key, e.object_type)
     if isinstance(e, ValidationError):
-        return f"{e.full_key}: {str(e.msg).splitlines()[0]}"
+        return f"{e.full_key}: {str(e.msg).splitlines()[0].rstrip('.')}{_type_hint(e.full_key, e.object_type)}"
     return None
+
+
+def _type_hint(full_key: str, schema: Any) -> str:
+    """What a key of the wrong type takes: its field's type and schema default ("; seed takes int, e.g. seed=0")."""
+    name = full_key.rpartition(".")[2]
+    field_ = next((f for f in dataclasses.fields(schema) if f.name == name), None) \
+        if dataclasses.is_dataclass(schema) else None
+    if field_ is None:
+        return ""
+    kind = field_.type.__name__ if isinstance(field_.type, type) else str(field_.type).replace("typing.", "")
+    kind = f"{kind[len('Optional['):-1]} or null" if kind.startswith("Optional[") else kind
+    default = field_.default_factory() if field_.default_factory is not dataclasses.MISSING else field_.default
+    example = f", e.g. {full_key}={_override_text(default)}" if default not in (None, dataclasses.MISSING, MISSING) else ""
+    return f"; {full_key} takes {kind}{example}"
+
+
+def _override_text(value: Any) -> str:
+    """A value as a command-line override writes it (true, [1,2], ...)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_text(v) for v in value) + "]"
+    return str(value)
 
 
 def check_option_keys(cfg: Any) -> None:
@@ -341,11 +373,21 @@ def validate(cfg: Any) -> None:
     validate_scale(cfg, need)
     need(cfg.model.name in MODELS,
          f"unknown model '{cfg.model.name}'; choose one of: {', '.join(sorted(MODELS))} (model=NAME)")
+    need(cfg.model.dtype in DTYPES, f"model.dtype must be one of {', '.join(DTYPES)}, got '{cfg.model.dtype}'")
+    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.model.device)) is not None,
+         f"model.device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.model.device}'")
 
 
 def validate_scale(cfg: Any, need) -> None:
     """Checks of the multi-device, LoRA and checkpoint keys."""
     t, lora = cfg.trainer, cfg.model.lora
+    need(t.accelerator in ACCELERATORS,
+         f"trainer.accelerator must be one of {', '.join(ACCELERATORS)} (trainer=cpu, trainer=gpu), got '{t.accelerator}'")
+    need(_is_devices(OmegaConf.to_container(t.devices) if OmegaConf.is_list(t.devices) else t.devices),
+         f"trainer.devices must be a count (1, 2; -1: every device), a list of device ids like [0,1], or auto, "
+         f"got {t.devices}")
+    need(str(t.precision) in PRECISIONS,
+         f"trainer.precision must be one of {', '.join(PRECISIONS)}, got '{t.precision}'")
     need(t.strategy in STRATEGIES, f"trainer.strategy must be one of {', '.join(STRATEGIES)} "
          f"(trainer=ddp, trainer=fsdp, trainer=cpu_ddp), got '{t.strategy}'")
     validate_slurm_training(cfg, need)
@@ -363,6 +405,18 @@ def validate_scale(cfg: Any, need) -> None:
     need(len(lora.target_modules) > 0, "model.lora.target_modules must name at least one module, e.g. [q_proj,v_proj]")
     need(cfg.checkpoint.keep in CHECKPOINT_KEEP,
          f"checkpoint.keep must be one of {', '.join(CHECKPOINT_KEEP)}, got '{cfg.checkpoint.keep}'")
+
+
+def _is_devices(devices: Any) -> bool:
+    """What Lightning takes as devices: a count (-1: all), a list of ids, a string of ids ("0,1"), or auto."""
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if is_int(devices):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, list):
+        return len(devices) > 0 and all(is_int(d) and d >= 0 for d in devices)
+    return isinstance(devices, str) and re.fullmatch(r"auto|-1|\d+(\s*,\s*\d+)*,?", devices.strip()) is not None
 
 
 def slurm_training_label(trainer_cfg: Any) -> str | None:
@@ -392,6 +446,25 @@ def validate_slurm_training(cfg: Any, need) -> None:
     need(s.cpus_per_task >= 1, f"trainer.slurm.cpus_per_task must be >= 1, got {s.cpus_per_task}")
     need(s.timeout_min >= 1, f"trainer.slurm.timeout_min must be >= 1, got {s.timeout_min}")
     need(s.poll_s > 0, f"trainer.slurm.poll_s must be > 0, got {s.poll_s}")
+
+
+def is_slurm_launcher(launcher_cfg: Any) -> bool:
+    """Whether a sweep's hydra.launcher submits its points to SLURM (hydra/launcher=slurm, submitit_slurm)."""
+    return str(launcher_cfg.get("_target_", "")).endswith(".SlurmLauncher")
+
+
+def validate_launcher(launcher_cfg: Any) -> None:
+    """hydra/launcher=slurm settings sbatch would refuse, checked before a sweep submits anything. Pure."""
+    if not is_slurm_launcher(launcher_cfg):
+        return
+    for key, low, what in (("timeout_min", 1, "minutes of wall time per sweep point"),
+                           ("array_parallelism", 1, "sweep points running at once"),
+                           ("nodes", 1, "nodes per sweep point"), ("tasks_per_node", 1, "tasks per node")):
+        if launcher_cfg[key] < low:
+            raise ConfigError(f"hydra.launcher.{key} must be >= {low} ({what}), got {launcher_cfg[key]}")
+    for key, low in (("cpus_per_task", 1), ("gpus_per_node", 0), ("mem_gb", 1)):
+        if launcher_cfg.get(key) is not None and launcher_cfg[key] < low:
+            raise ConfigError(f"hydra.launcher.{key} must be >= {low} or null, got {launcher_cfg[key]}")
 
 
 def validate_generator_split(cfg: Any, need) -> None:

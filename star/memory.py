@@ -83,7 +83,10 @@ def arch_of(model_cfg: Any) -> Arch | None:
     config = architecture(model_cfg)
     if config is None or config.get("model_type") not in ARCHS:
         return None
-    return ARCHS[config["model_type"]](config)
+    try:
+        return ARCHS[config["model_type"]](config)
+    except (KeyError, TypeError):  # a config.json without the dims (transformers fills in its defaults)
+        return None
 
 
 def lora_params(arch: Arch, lora_cfg: Any) -> int:

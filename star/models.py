@@ -166,13 +166,38 @@ def check_model_available(model_cfg: Any) -> None:
     if model_cfg.name == "hf":
         if not model_cfg.name_or_path:
             raise ModelNotFoundError("model=hf needs a model: set model.name_or_path=HUB_ID_OR_DIRECTORY")
-        if _looks_local(model_cfg.name_or_path) and not os.path.isdir(os.path.expanduser(model_cfg.name_or_path)):
-            raise ModelNotFoundError(
-                f"model directory '{model_cfg.name_or_path}' does not exist; "
-                f"point model.name_or_path=... at a saved HF checkpoint directory or a hub id"
-            )
+        if _looks_local(model_cfg.name_or_path) and (problem := checkpoint_dir_problem(model_cfg.name_or_path)):
+            raise ModelNotFoundError(problem)
     elif model_cfg.name == "smollm2_135m":
         find_smollm2_gguf()
+
+
+# What from_pretrained reads from a local directory: one of each (sharded weights come with an index).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def checkpoint_dir_problem(name_or_path: str) -> str | None:
+    """Why a local model.name_or_path is not a saved model (save_pretrained's config.json, weights and
+    tokenizer), with the fix; None when it looks like one. Reads file names only."""
+    path = Path(os.path.expanduser(name_or_path))
+    fix = "point model.name_or_path=... at a saved HF checkpoint directory or a hub id"
+    if not path.exists():
+        return f"model directory '{name_or_path}' does not exist; {fix}"
+    if not path.is_dir():
+        return f"model.name_or_path '{name_or_path}' is a file, not a directory; {fix}"
+    names = {p.name for p in path.iterdir()}
+    if "config.json" not in names:
+        held = ("a LoRA adapter only (merge it into its base first)" if "adapter_config.json" in names
+                else "a tokenizer only" if names & set(TOKENIZER_FILES) else "no model files")
+        return f"model directory '{name_or_path}' has no config.json: it holds {held}; {fix}"
+    if not names & set(WEIGHT_FILES):
+        return (f"model directory '{name_or_path}' has no weights (none of {', '.join(WEIGHT_FILES)}); "
+                f"save the model there with save_pretrained, or {fix}")
+    if not names & set(TOKENIZER_FILES):
+        return (f"model directory '{name_or_path}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                f"save it there too: tokenizer.save_pretrained('{name_or_path}')")
+    return None
 
 
 def _load_pretrained(name_or_path: str, dtype: str, device: str | None = "auto"):
@@ -180,13 +205,9 @@ def _load_pretrained(name_or_path: str, dtype: str, device: str | None = "auto")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if _looks_local(name_or_path):
-        path = os.path.expanduser(name_or_path)
-        if not os.path.isdir(path):
-            raise ModelNotFoundError(
-                f"model directory '{name_or_path}' does not exist; "
-                f"point model.name_or_path=... at a saved HF checkpoint directory or a hub id"
-            )
-        name_or_path = path
+        if problem := checkpoint_dir_problem(name_or_path):
+            raise ModelNotFoundError(problem)
+        name_or_path = os.path.expanduser(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=_torch_dtype(dtype))
@@ -430,7 +451,11 @@ def _hf_dims(model_cfg: Any) -> dict | None:
         return None
     local = Path(os.path.expanduser(name)) / "config.json"
     if local.is_file():
-        return json.loads(local.read_text())
+        try:
+            config = json.loads(local.read_text())
+        except ValueError:
+            return None  # unknown dims: the memory check is skipped (the load says what is wrong)
+        return config if isinstance(config, dict) else None
     return KNOWN_HUB_MODELS.get(name)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from star.config import ConfigError, slurm_training_label
+from star.config import ConfigError, is_slurm_launcher, slurm_training_label
 from star.memory import check_fits
 from star.models import ModelNotFoundError, check_model_available
 from star.sharding import check_devices, resolve_devices
@@ -53,6 +53,16 @@ def check_slurm_available(cfg: Any) -> None:
             f"generator.shards={shards} splits generation over a SLURM job array, but SLURM is not available "
             "here (no sbatch/squeue on PATH); set generator.shards=0, or generator.devices=N for worker "
             "processes on this machine")
+
+
+def check_sweep_launcher_available(launcher_cfg: Any) -> None:
+    """A sweep with hydra/launcher=slurm needs sbatch and srun (submitit looks for both) on PATH."""
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if is_slurm_launcher(launcher_cfg) and missing:
+        raise ConfigError(
+            f"hydra/launcher=slurm submits every sweep point with sbatch, but SLURM is not available here (no "
+            f"{'/'.join(missing)} on PATH); run the sweep on a SLURM login node, or on this machine with "
+            "hydra/launcher=local (one point after another) or hydra/launcher=submitit (each point its own process)")
 
 
 def check_task_data(cfg: Any) -> None:

@@ -316,6 +316,8 @@ def _short(value: Any, n: int = 40) -> str:
 # ----------------------------------------------------------------------------- loading
 
 def _load_file(path: Path, where: str):
+    if path.is_dir():
+        raise TaskDataError(f"{where} is a directory; pass one file ({', '.join(FILE_BUILDERS)})")
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise TaskDataError(f"{where}: unsupported file type '{path.suffix or '(none)'}'; "
@@ -325,15 +327,22 @@ def _load_file(path: Path, where: str):
                             f"{Path.cwd()}); pass an existing file")
     if path.stat().st_size == 0:
         raise TaskDataError(f"{where} is empty; give it at least one question")
+    if builder == "json":
+        # Checked here, not by `datasets`: its reader logs its own error lines around ours, and reads
+        # a file of blank lines as "no data".
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise TaskDataError(f"{where} is empty (blank lines only); give it at least one question")
+        if detail := _json_problem(text):
+            raise TaskDataError(f"{where} could not be read as {path.suffix.lstrip('.')}: {detail}; fix it: "
+                                "one JSON object per line (.jsonl), or one array of objects (.json)")
     import datasets
 
     try:
         with _quiet(datasets, local=True):
             return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data")
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one message with the fix
-        detail = _json_problem(path) if builder == "json" else None
-        raise TaskDataError(f"{where} could not be read as {path.suffix.lstrip('.')}: "
-                            f"{detail or _cause(e)}") from e
+        raise TaskDataError(f"{where} could not be read as {path.suffix.lstrip('.')}: {_cause(e)}") from e
 
 
 def _load_hub(source: DataSource, split: str):
@@ -358,9 +367,8 @@ def _offline_tip() -> str:
     return "" if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE") else f"; {OFFLINE_TIP}"
 
 
-def _json_problem(path: Path) -> str | None:
-    """The first unreadable line of a JSON-lines file (or the position in a JSON array file)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+def _json_problem(text: str) -> str | None:
+    """The first unreadable line of a JSON-lines file's text (or the position in a JSON array file)."""
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
