@@ -104,12 +104,30 @@ def first_unfinished(run_dir: Path, n: int) -> tuple[int, str] | None:
 
 
 def temp_entries(run_dir: Path) -> list[Path]:
-    """Temp files and directories (the project's `.NAME.XXXX.tmp`) anywhere outside wandb/."""
-    return sorted(p for p in run_dir.rglob(".*.tmp") if "wandb" not in p.relative_to(run_dir).parts)
+    """Temp files and directories anywhere outside wandb/: the project's `.NAME.XXXX.tmp` (atomic writes)
+    and a checkpoint save's `checkpoint.tmp` / `checkpoint.old` (star/models.py: save_checkpoint)."""
+    found = []
+    for root, dirs, files in os.walk(run_dir):
+        if Path(root) == run_dir and "wandb" in dirs:
+            dirs.remove("wandb")
+        found += [Path(root) / n for n in dirs + files if n.endswith((".tmp", ".old"))]
+    return sorted(found)
+
+
+def temp_label(path: Path) -> str:
+    """What a temp entry (relative to the run) is part of: iter_01/.train.jsonl.x1y2.tmp -> iter_01/train.jsonl."""
+    name = path.name
+    if name.startswith("."):
+        name = name[1:].rsplit(".", 2)[0]
+    elif name.endswith(".tmp"):
+        name = name[: -len(".tmp")]
+    else:
+        name = name[: -len(".old")] + " (the one it replaces)"
+    return str(path.parent / name)
 
 
 def checkpoint_temp(run_dir: Path) -> bool:
-    return any(p.name.startswith(".checkpoint.") for p in temp_entries(run_dir))
+    return any(p.name.lstrip(".").startswith("checkpoint.") for p in temp_entries(run_dir))
 
 
 def wandb_parts(run_dir: Path) -> set[str]:
@@ -166,7 +184,7 @@ def describe(run_dir: Path, pid: int, parts_before: set[str], frames: list[tuple
         return "every stage done (a finished run restarting or closing)" + code
     it, stage = where
     text = f"iter {it} {stage}"
-    writing = sorted({p.name.split(".")[1] for p in temp_entries(run_dir)})
+    writing = sorted({temp_label(p.relative_to(run_dir)) for p in temp_entries(run_dir)})
     if writing:
         text += ": writing " + ", ".join(writing)
     elif stage == "log" and wandb_parts(run_dir) - parts_before:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import os
 import re
 import sys
@@ -167,7 +168,6 @@ class SweepCheck(Callback):
 
 def check_sweep(config: DictConfig) -> None:
     """The checks of SweepCheck; `config` is the sweep's own (hydra node included). Raises ConfigError."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -184,7 +184,14 @@ def check_sweep(config: DictConfig) -> None:
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(
         params + list(config.hydra.overrides.task))
     swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
-    points = [point for batch in BasicSweeper.split_arguments(overrides, None) for point in batch]
+    # Every combination, as BasicSweeper makes them: one entry per key (a later override of a key replaces
+    # an earlier one, in the earlier one's place), the last key varying fastest.
+    choices: dict[str, list[str]] = {}
+    for o in overrides:
+        key = o.get_key_element()
+        values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices[key] = [f"{key}={v}" for v in values]
+    points = list(itertools.product(*choices.values()))
     for n, point in enumerate(points, 1):
         cfg = loader.load_sweep_config(config, list(point))
         with read_write(cfg), open_dict(cfg):
