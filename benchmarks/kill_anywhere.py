@@ -195,7 +195,8 @@ def describe(run_dir: Path, pid: int, parts_before: set[str], frames: list[tuple
 # ----------------------------------------------------------------------------- running star
 
 def star_command(run_dir: Path, args: list[str]) -> list[str]:
-    return ["star", *args, f"hydra.run.dir={run_dir}"]
+    # The console script of this interpreter's environment (not whichever `star` PATH finds first).
+    return [str(Path(sys.executable).parent / "star"), *args, f"hydra.run.dir={run_dir}"]
 
 
 def start(run_dir: Path, args: list[str], log) -> subprocess.Popen:
