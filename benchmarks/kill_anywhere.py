@@ -146,9 +146,10 @@ def lock_pid(run_dir: Path) -> int | None:
 def python_stack(pid: int) -> list[tuple[str, str]]:
     """The main thread's Python frames of a live process, innermost first, as (function, file:line),
     read with py-spy (optional: without it, [] and the stage comes from the run directory alone)."""
-    if not shutil.which("py-spy"):
+    spy = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if not spy:
         return []
-    proc = subprocess.run(["py-spy", "dump", "--pid", str(pid)], check=False, capture_output=True, text=True)
+    proc = subprocess.run([spy, "dump", "--pid", str(pid)], check=False, capture_output=True, text=True)
     frames, in_main = [], False
     for line in proc.stdout.splitlines():
         if line.startswith("Thread "):
