@@ -9,7 +9,7 @@ What
       - every artifact byte-identical: generations, rationalizations, train.jsonl, eval.json, each
         checkpoint file (weights, config, tokenizer), checkpoint_retention.jsonl, the Hydra config,
         run_info.json; metrics.json, the stage markers and metrics.csv equal without their timings
-        (`time/*`, `perf/*`, `seconds`, `*_per_s`);
+        (`time/*`, `perf/*`, `seconds`, `*_per_s`), and so does train_steps.csv (one row per global step);
       - the same file names outside `wandb/`: a temp or partial file of any name left anywhere in the
         run directory is reported (as is a file lost);
       - `metrics.csv` has one row per iteration;
@@ -170,7 +170,8 @@ def where_in_code(frames: list[tuple[str, str]]) -> str:
     return text
 
 
-def describe(run_dir: Path, pid: int, parts_before: set[str], frames: list[tuple[str, str]]) -> str:
+def describe(run_dir: Path, pid: int, parts_before: set[str], frames: list[tuple[str, str]],
+             stale: set[Path] = frozenset()) -> str:
     """Which stage the process with `pid` was in when it was killed: from what it left on disk, and
     the code it was running (its Python stack just before the kill) where py-spy is installed."""
     code = where_in_code(frames)
@@ -185,7 +186,7 @@ def describe(run_dir: Path, pid: int, parts_before: set[str], frames: list[tuple
         return "every stage done (a finished run restarting or closing)" + code
     it, stage = where
     text = f"iter {it} {stage}"
-    writing = sorted({temp_label(p.relative_to(run_dir)) for p in temp_entries(run_dir)})
+    writing = sorted({temp_label(p.relative_to(run_dir)) for p in temp_entries(run_dir) if p not in stale})
     if writing:
         text += ": writing " + ", ".join(writing)
     elif stage == "log" and wandb_parts(run_dir) - parts_before:
@@ -266,6 +267,7 @@ def attempt(run_dir: Path, args: list[str], log, kind: str, delay: float, pid_no
     """One attempt: start star; for kind "uniform" kill it `delay` s after it starts, otherwise `delay` s
     after its event appears. Returns (killed, seconds after start, stage hit)."""
     parts_before = wandb_parts(run_dir)
+    stale = set(temp_entries(run_dir)) if run_dir.exists() else set()  # left by an earlier kill
     ckpt_before = checkpoint_temp(run_dir)
     t0 = time.monotonic()
     proc = start(run_dir, args, log)
@@ -283,7 +285,7 @@ def attempt(run_dir: Path, args: list[str], log, kind: str, delay: float, pid_no
             frames = python_stack(proc.pid)  # ~20 ms before the kill: where the code was
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return True, now - t0, describe(run_dir, proc.pid, parts_before, frames)
+            return True, now - t0, describe(run_dir, proc.pid, parts_before, frames, stale)
         time.sleep(POLL_S)
     if proc.returncode != 0:
         raise SystemExit(f"an attempt exited with {proc.returncode} without being killed; see {log.name}")
@@ -339,20 +341,29 @@ def compare(reference: Path, run: Path) -> list[str]:
     return problems
 
 
-def compare_metrics_csv(reference: Path, run: Path) -> list[str]:
+def csv_rows(path: Path) -> list[dict]:
     import csv
 
-    def rows(path: Path) -> list[dict]:
-        with (path / "metrics.csv").open(newline="") as f:
-            return list(csv.DictReader(f))
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
-    ref, got = rows(reference), rows(run)
+
+def compare_metrics_csv(reference: Path, run: Path) -> list[str]:
+    """metrics.csv: one row per iteration; it and train_steps.csv (one row per global step, from the
+    attempt that finished) equal the uninterrupted run's, timings aside."""
     problems = []
-    iterations = [r["iteration"] for r in got]
+    iterations = [r["iteration"] for r in csv_rows(run / "metrics.csv")]
     if iterations != [str(i) for i in range(n_iterations(run) + 1)]:
         problems.append(f"metrics.csv rows by iteration: {iterations}")
-    if [without_timings(r) for r in ref] != [without_timings(r) for r in got]:
-        problems.append("metrics.csv differs (timings aside)")
+    steps = [r["global_step"] for r in csv_rows(run / A.TRAIN_STEPS_CSV)]
+    if len(steps) != len(set(steps)):
+        problems.append(f"{A.TRAIN_STEPS_CSV}: a global step twice")
+    for name in ("metrics.csv", A.TRAIN_STEPS_CSV):
+        ref, got = csv_rows(reference / name), csv_rows(run / name)
+        if [without_timings(r) for r in ref] != [without_timings(r) for r in got]:
+            problems.append(f"{name} differs (timings aside)")
     return problems
 
 

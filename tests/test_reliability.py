@@ -162,10 +162,13 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path, monkeypatch, capsys
 
 
 def test_model_output_is_never_executed():
-    """Answers are parsed, never evaluated: no eval/exec anywhere in the package."""
+    """Answers are parsed, never evaluated: no eval/exec/compile, unpickling or sympy parsing in the package
+    (reasoning_gym's scorers: tests/test_reasoning_gym_audit.py)."""
     for path in (REPO / "star").rglob("*.py"):
         code = path.read_text()
-        assert not re.search(r"(?<![\w.])(eval|exec)\(", code), f"{path} calls eval/exec"
+        assert not re.search(r"(?<![\w.])(eval|exec|compile)\(", code), f"{path} calls eval/exec/compile"
+        assert not re.search(r"^\s*(import|from)\s+sympy|(?<![\w.])(parse_expr|sympify)\(", code, re.MULTILINE), \
+            f"{path} parses with sympy"
         assert "pickle.load" not in code, f"{path} unpickles"
         for call in re.findall(r"torch\.load\([^)]*\)", code):
             assert "weights_only=True" in call, f"{path}: {call} may unpickle code"
