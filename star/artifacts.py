@@ -13,6 +13,7 @@ Layout (one Hydra job; DESIGN.md and the README's "Outputs and resuming"):
     <run>/iter_NN/<stage>.done               one marker per finished stage, written last
     <run>/iter_NN/shards/, slurm_train/      a pass split over workers; a fit run as a SLURM job
     <run>/metrics.csv                        one row per iteration
+    <run>/train_steps.csv                    one row per fine-tuning step (global step), every iteration
 
 Every file is written to a temp file in the same directory and renamed into place,
 so a reader never sees half a file. A stage counts as finished only once its marker
@@ -48,6 +49,20 @@ def stage_file(run_dir: Path, iteration: int, name: str) -> Path:
 def checkpoint_of_iteration(iteration: int) -> str:
     """Where M(iteration) is saved, relative to the run directory (train markers hold this form)."""
     return f"iter_{iteration:02d}/checkpoint"
+
+
+TRAIN_STEPS_CSV = "train_steps.csv"
+
+
+def train_steps_csv(run_dir: Path) -> Path:
+    """<run>/train_steps.csv: one row per global training step of every finished fit."""
+    return Path(run_dir) / TRAIN_STEPS_CSV
+
+
+def steps_stream(run_dir: Path, iteration: int) -> Path:
+    """The per-step rows of iteration `iteration`'s fit while it runs (star/training/steps.py); removed
+    once they are in train_steps.csv."""
+    return iter_dir(run_dir, iteration) / "train_steps.live.jsonl"
 
 
 def shards_dir(run_dir: Path, iteration: int) -> Path:

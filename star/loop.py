@@ -2,7 +2,8 @@
 
     iteration 0:  eval (the few-shot base M0 on dev) -> log
     iteration n:  generate -> rationalize -> train (filter, then fine-tune -> M(n)) -> eval -> log
-    stop:         after n_iterations, or when dev accuracy plateaus (plateau_patience; test is never read)
+    stop:         after n_iterations, or when dev accuracy plateaus (plateau_patience; test is never read);
+                  then summary.json and the W&B summary (stop_reason: finished, plateau or failed)
 
 Each stage (star/stages/) writes its files atomically; the loop then writes the stage's marker
 `iter_NN/<stage>.done` (its counts and time). A restarted run skips every stage with a marker and
@@ -26,7 +27,7 @@ from star.faults import crash_point
 from star.stages.context import StageContext
 from star.stages.evaluate import evaluate
 from star.stages.generate import generate
-from star.stages.log import log
+from star.stages.log import log, summarize
 from star.stages.rationalize import rationalize
 from star.stages.train import train
 from star.tracking import Tracker
@@ -68,14 +69,20 @@ class StarLoop:
         if "test" not in self.task.splits:
             print(f"[star] task {self.cfg.task.name} has no test split here (set task.data_files.test to add one): "
                   "every accuracy reported is dev, the split the plateau stop and the best checkpoint select on")
-        history = []
-        for iteration in range(self.cfg.n_iterations + 1):
-            self.run_iteration(iteration)
-            history.append(A.read_json(A.metrics_of(self.run_dir, iteration)))
-            if plateaued([h["eval/accuracy"] for h in history], self.cfg.plateau_patience,
-                         self.cfg.plateau_min_delta):
-                print(f"[star] dev accuracy plateaued; stopping after iteration {iteration}")
-                break
+        history, stop_reason = [], "finished"
+        try:
+            for iteration in range(self.cfg.n_iterations + 1):
+                self.run_iteration(iteration)
+                history.append(A.read_json(A.metrics_of(self.run_dir, iteration)))
+                if plateaued([h["eval/accuracy"] for h in history], self.cfg.plateau_patience,
+                             self.cfg.plateau_min_delta):
+                    print(f"[star] dev accuracy plateaued; stopping after iteration {iteration}")
+                    stop_reason = "plateau"
+                    break
+        except Exception:
+            self.summarize_failed(history)
+            raise
+        summarize(self.ctx, history, stop_reason)
         return history
 
     def run_iteration(self, iteration: int) -> None:
@@ -88,6 +95,13 @@ class StarLoop:
             info = stage(self.ctx, iteration)
             info["seconds"] = time.perf_counter() - start
             A.mark_done(self.run_dir, iteration, name, info)
+
+    def summarize_failed(self, history: list[dict]) -> None:
+        """stop_reason=failed in the summary, if it can still be written (the error itself is raised)."""
+        try:
+            summarize(self.ctx, history, "failed")
+        except Exception as e:  # noqa: BLE001 - a full disk or W&B failure must not hide the run's own error
+            warnings.warn(f"[star] could not write the run summary: {e}", stacklevel=2)
 
     def redo_corrupt_stages(self) -> None:
         """A finished stage whose files are truncated or corrupt is redone, with every stage after it."""

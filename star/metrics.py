@@ -4,7 +4,10 @@
     metrics["eval/accuracy"], metrics["test/accuracy"], metrics["gen/solve_rate"], metrics["data/train_fraction"]
 
 eval/* is the dev split (every selection reads it), test/* the test split (reported only; absent
-when the task has no test split); eval/n and test/n count their questions.
+when the task has no test split); eval/n and test/n count their questions. train/final_loss is the
+fit's mean loss over its last quarter of steps (train/loss is the per-step loss, in
+<run>/train_steps.csv); fit/final_dev_accuracy the last dev accuracy the generation callback
+measured during the fit, when it ran (fit/dev_accuracy is each of its points, on the global step).
 
 `samples` are the table of example outputs W&B shows: the first dev answers, and the first kept
 direct and rationalized completions. Everything is derived from files already written, so a log
@@ -41,7 +44,7 @@ def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[di
 
 
 def training_metrics(run_dir: Path, iteration: int, kept: list[dict]) -> dict:
-    """gen/*, data/*, train/*, perf/* and time/* of an iteration's generate, rationalize and train stages."""
+    """gen/*, data/*, train/*, fit/*, perf/* and time/* of an iteration's generate, rationalize and train stages."""
     gen, rat, train = (A.read_done(run_dir, iteration, stage) for stage in ("generate", "rationalize", "train"))
     n = gen["n_questions"]
     metrics = {
@@ -63,8 +66,12 @@ def training_metrics(run_dir: Path, iteration: int, kept: list[dict]) -> dict:
     if faithful:
         metrics["gen/faithful_rate"] = sum(faithful) / len(faithful)
     if train["loss"] is not None:
-        metrics["train/loss"] = train["loss"]
+        # The fit's mean loss over its last quarter of steps; train/loss is the per-step loss
+        # (<run>/train_steps.csv), so the per-iteration value has a name of its own.
+        metrics["train/final_loss"] = train["loss"]
         metrics["perf/train_tokens_per_s"] = train["train_tokens_per_s"]
+    if train.get("dev_curve"):  # the generation callback's dev accuracy during the fit: its last point
+        metrics["fit/final_dev_accuracy"] = train["dev_curve"][-1]["accuracy"]
     for stage, info in (("generate", gen), ("rationalize", rat), ("train", train)):
         metrics[f"time/{stage}_s"] = info["seconds"]
     return metrics

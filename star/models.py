@@ -204,6 +204,8 @@ def _load_pretrained(name_or_path: str, dtype: str, device: str | None = "auto")
     """from_pretrained for a hub id or a local directory, with a clear error when missing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
+
     if _looks_local(name_or_path):
         if problem := checkpoint_dir_problem(name_or_path):
             raise ModelNotFoundError(problem)
@@ -496,6 +498,14 @@ def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
     return option.build(model_cfg, seed)
 
 
+def quiet_transformers() -> None:
+    """Turn off transformers' own progress bars (loading weights, writing shards): once per fit or pass they
+    are carriage-return noise in a log, and star reports its own progress (star/progress.py)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def save_checkpoint(model, tokenizer, path, max_shard_size: str | int = "2GB") -> Path:
     """save_pretrained (safetensors, in shards of at most `max_shard_size`) model and tokenizer to
     `path`, atomically.
@@ -507,6 +517,7 @@ def save_checkpoint(model, tokenizer, path, max_shard_size: str | int = "2GB") -
     tmp = path.with_name(path.name + ".tmp")
     old = path.with_name(path.name + ".old")
     path.parent.mkdir(parents=True, exist_ok=True)
+    quiet_transformers()
     for stale in (tmp, old):
         if stale.exists():
             shutil.rmtree(stale)

@@ -9,7 +9,8 @@ prints at its end (`iteration_table`, used by the `star` CLI).
 A run directory holds `.hydra/config.yaml` and `iter_00/`; a sweep directory holds run directories
 at any depth (`report/` folders are skipped). An iteration counts once its `iter_NN/metrics.json`
 (written by the last stage, `log`) exists, so a run still in progress is reported with the
-iterations it has finished and marked `running`.
+iterations it has finished and marked `running`. A run's `train_steps.csv` (one row per training
+step, written during each fit; absent in older runs) feeds the loss plot.
 
 Written to --out (default: `report/` inside the first PATH):
     report.md       the summary table (runs grouped over seeds: test accuracy, the headline, and dev
@@ -22,6 +23,9 @@ Written to --out (default: `report/` inside the first PATH):
     train_data.png  training data used (direct + rationalized, stacked) vs iteration
     per_class.png   dev accuracy per class (arithmetic: digit count) x iteration, one heat map per run,
                     for tasks with two or more classes
+    loss.png        training loss (train/loss) vs global step, one line per iteration, with the dev
+                    accuracy measured during the fit (fit/dev_accuracy) as points on a second axis;
+                    one panel per run that has a train_steps.csv
 
 Runs are grouped when their composed configs are equal except for the seed (and logging keys).
 """
@@ -37,6 +41,7 @@ import os
 import statistics
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from star import artifacts as A
@@ -237,6 +242,44 @@ class Run:
     @property
     def last_iteration(self) -> int | None:
         return self.last["iteration"] if self.last else None
+
+    @cached_property
+    def train_steps(self) -> list[dict]:
+        """The per-step rows of its fits (read_train_steps); [] when it has none."""
+        return read_train_steps(self.path)
+
+
+_STEP_INTS = ("iteration", "step", "global_step")
+
+
+def _number(cell: str | None) -> float | None:
+    try:
+        return float(cell) if cell not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def read_train_steps(run_dir: Path) -> list[dict]:
+    """The rows of `<run_dir>/train_steps.csv`, ordered by global_step: iteration, step and global_step as
+    int, every other column (train/loss, train/lr, ..., fit/dev_accuracy) as float, or None where the cell
+    is empty or not a number. Rows without the three step numbers (a line cut by a kill) are skipped; a
+    step written twice (a fit redone after a crash) keeps its last row. [] when the file is absent or
+    unreadable: older runs and some logger settings write none."""
+    path = A.train_steps_csv(run_dir)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            raw = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    rows: dict[int, dict] = {}
+    for r in raw:
+        try:
+            ints = {k: int(r[k]) for k in _STEP_INTS}
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows[ints["global_step"]] = {**ints, **{k: _number(v) for k, v in r.items()
+                                                if k is not None and k not in _STEP_INTS}}
+    return [rows[k] for k in sorted(rows)]
 
 
 def method_label(name: str | None, rationalization: bool | None = None) -> str:
@@ -605,6 +648,7 @@ class _Panel:
 
     title: str
     histories: list[list[dict]] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
 
     def mean(self, iteration: int, key: str) -> float | None:
         vals = [h[iteration][key] for h in self.histories
@@ -619,17 +663,19 @@ class _Panel:
 MAX_PANELS = 12
 
 
-def _panels(groups: list[Group], runs_filter=lambda r: True) -> list[_Panel]:
+def _panels(groups: list[Group], runs_filter=lambda r: True, merged: str = "mean of") -> list[_Panel]:
+    """A panel per run that passes runs_filter; above MAX_PANELS runs, one per group, titled
+    "(<merged> N)": how the plot combines the group's runs."""
     runs = [(g, r) for g in groups for r in g.runs if runs_filter(r)]
     tasks = {r.task for _, r in runs}
     prefix = (lambda r: f"{r.task} · ") if len(tasks) > 1 else (lambda r: "")
     if len(runs) <= MAX_PANELS:
-        return [_Panel(f"{prefix(r)}{g.name}, seed {r.seed}", [r.history]) for g, r in runs]
+        return [_Panel(f"{prefix(r)}{g.name}, seed {r.seed}", [r.history], [r]) for g, r in runs]
     panels = []
     for g in groups:
         rs = [r for r in g.runs if runs_filter(r)]
         if rs:
-            panels.append(_Panel(f"{prefix(rs[0])}{g.name} (mean of {len(rs)})", [r.history for r in rs]))
+            panels.append(_Panel(f"{prefix(rs[0])}{g.name} ({merged} {len(rs)})", [r.history for r in rs], rs))
     return panels
 
 
@@ -759,6 +805,78 @@ def plot_per_class(groups: list[Group], path: Path) -> bool:
     return True
 
 
+def loss_curves(rows: list[dict]) -> dict[int, dict[str, list]]:
+    """Per iteration, what plot_loss draws from a run's train_steps rows: {"step": global steps,
+    "loss": train/loss} over the rows that have a loss, {"dev_step", "dev_accuracy" (%)} over those
+    that have fit/dev_accuracy."""
+    curves: dict[int, dict[str, list]] = {}
+    for r in rows:
+        c = curves.setdefault(r["iteration"], {"step": [], "loss": [], "dev_step": [], "dev_accuracy": []})
+        if r.get("train/loss") is not None:
+            c["step"].append(r["global_step"])
+            c["loss"].append(r["train/loss"])
+        if r.get("fit/dev_accuracy") is not None:
+            c["dev_step"].append(r["global_step"])
+            c["dev_accuracy"].append(100 * r["fit/dev_accuracy"])
+    return dict(sorted(curves.items()))
+
+
+def plot_loss(groups: list[Group], path: Path) -> bool:
+    """Training loss per step (train/loss vs global_step, from train_steps.csv), one line per iteration
+    ("iter N"), and the dev accuracy the generation callback measured during the fit (fit/dev_accuracy)
+    as points on a second axis; one panel per run that has per-step rows (per group above MAX_PANELS
+    runs, its runs overlaid: steps of different seeds need not line up, so they are not averaged).
+    False (nothing written) when no run has per-step rows."""
+    panels = _panels(groups, lambda r: bool(r.train_steps), merged="overlaid")
+    if not panels:
+        return False
+    plt = _pyplot()
+    # One colour per iteration, the same in every panel (one legend); a gradient past the 10 of the cycle.
+    last = max(r["iteration"] for p in panels for run in p.runs for r in run.train_steps)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color_of = ((lambda it: cycle[(it - 1) % len(cycle)]) if last <= len(cycle)
+                else (lambda it: plt.get_cmap("viridis")(0.9 * (it - 1) / (last - 1))))  # not the pale yellow end
+    fig, axes = _grid(plt, len(panels), 4.4, 3.0)
+    legend: dict[int, object] = {}
+    any_dev = False
+    for panel, ax in zip(panels, axes):
+        dev_ax = None
+        for run in panel.runs:
+            for it, c in loss_curves(run.train_steps).items():
+                color = color_of(it)
+                (line,) = ax.plot(c["step"], c["loss"], color=color, linewidth=1,
+                                  alpha=0.9 if len(panel.runs) == 1 else 0.5,
+                                  marker="." if len(c["step"]) == 1 else None)
+                legend.setdefault(it, line)
+                if c["dev_step"]:
+                    if dev_ax is None:
+                        dev_ax = ax.twinx()
+                        dev_ax.set_ylim(-2, 102)
+                        dev_ax.set_ylabel("dev accuracy during fit (%)", fontsize=7)
+                        dev_ax.tick_params(labelsize=7)
+                    dev_ax.scatter(c["dev_step"], c["dev_accuracy"], marker="D", s=16, color=color,
+                                   edgecolors="black", linewidths=0.5, zorder=3)
+                    any_dev = True
+        ax.set_title(_wrap(panel.title), fontsize=7)
+        ax.set_xlabel("global step", fontsize=8)
+        ax.set_ylabel("train loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles = [legend[it] for it in sorted(legend)]
+    labels = [f"iter {it}" for it in sorted(legend)]
+    if any_dev:
+        handles.append(plt.Line2D([], [], marker="D", linestyle="none", markerfacecolor="none",
+                                  markeredgecolor="black", markersize=4))
+        labels.append("dev acc (fit)")
+    fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
+    fig.suptitle("Training loss per step (train/loss); dev accuracy during the fit (fit/dev_accuracy)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 # ------------------------------------------------------------------ the command
 
 
@@ -783,8 +901,13 @@ def write_report(paths: list[Path], out: Path | None = None, plots: bool = True,
         plot_train_data(groups, out / "train_data.png")
         written["accuracy.png"] = out / "accuracy.png"
         written["train_data.png"] = out / "train_data.png"
-        if plot_per_class(groups, out / "per_class.png"):
-            written["per_class.png"] = out / "per_class.png"
+        # Plots only some runs have: written when one has their data, else an older copy is removed
+        # so the folder matches report.md's "Plots" line.
+        for name, plot in (("per_class.png", plot_per_class), ("loss.png", plot_loss)):
+            if plot(groups, out / name):
+                written[name] = out / name
+            else:
+                (out / name).unlink(missing_ok=True)
     (out / "report.csv").write_text(_csv(rows, list(rows[0])), encoding="utf-8")
     (out / "runs.csv").write_text(_csv(run_rows(groups), RUN_COLUMNS), encoding="utf-8")
     if ablations:

@@ -16,6 +16,7 @@ How to use
 
 Run directory layout (everything W&B writes stays inside the run directory)
     <run>/wandb_run_id.txt             the one W&B run id of this run directory
+    <run>/wandb_step.txt               the next W&B step to hand out (see Resuming)
     <run>/wandb/offline-run-<time>-<id>[-N]/run-<id>.wandb
                                        one per process (a resumed run adds one)
     <run>/wandb/{data,cache,config,artifacts}/
@@ -30,10 +31,18 @@ Resuming
     A new Tracker on the same run directory reuses the stored run id with
     resume="allow". Offline, each W&B session (one per logged iteration) writes a NEW
     `offline-run-*` directory holding that part of the run; `wandb sync <run>/wandb/offline-run-*`
-    uploads them as one run, file by file in order of start time. Rows are logged
-    with step=iteration, so steps keep increasing across the parts. Re-logging an
-    iteration replaces its row in metrics.csv; W&B (online, or once synced) keeps
-    only the first row logged for a step, as its steps must increase.
+    uploads them as one run, file by file in order of start time. Every row gets a W&B
+    step larger than all before it (a counter reserved ahead in <run>/wandb_step.txt),
+    so steps keep increasing across parts and restarts; charts use `iteration` as the x
+    axis of per-iteration rows and `train/global_step` for per-step rows. Re-logging an
+    iteration replaces its row in metrics.csv and adds a row in W&B (same `iteration`).
+
+Live fine-tuning curves
+    with tracker.live(): ... tracker.log_step(row)  holds the W&B run open during a fit
+    and logs each per-step row (train/loss, train/lr, train/grad_norm, train/tokens_per_s,
+    fit/dev_accuracy; star/training/steps.py) on `train/global_step` as it comes. A fit
+    redone after a kill logs its steps again with the same global steps.
+    `tracker.summarize({...})` sets the run's summary (final/best accuracies, stop_reason).
 
 Reading back (tests, reports)
     `read_wandb_offline(run_dir)` returns every history row of the offline run
@@ -61,12 +70,19 @@ import secrets
 import string
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from star import artifacts as A
 
 RUN_ID_FILE = "wandb_run_id.txt"
+# The next W&B step not yet handed out (reserved in blocks): every row of every part gets a larger step
+# than the rows before it, per-iteration and per-step rows alike, across restarts.
+STEP_FILE = "wandb_step.txt"
+STEP_BLOCK = 100
+# Per-step rows (log_step) are charted against this; per-iteration rows against `iteration`.
+GLOBAL_STEP = "train/global_step"
 METRICS_CSV = "metrics.csv"
 WANDB_SUBDIR = "wandb"
 
@@ -130,6 +146,8 @@ class Tracker:
         # Earlier rows survive a restart: a resumed job keeps them in metrics.csv.
         self._rows = _read_csv(self.run_dir / METRICS_CSV) if self.use_csv else {}
         self._config, self._run_name = config, run_name
+        self._next_step = self._reserved_step = None  # W&B steps, loaded on first use
+        self._step_keys: set[str] = set()  # per-step keys declared (define_metric) in the open session
         if self.use_wandb and logger_cfg.mode == "online":
             # Fail before any work, not at the end of iteration 0.
             self._start_wandb(config, run_name)
@@ -192,9 +210,12 @@ class Tracker:
                     "with `wandb sync`."
                 ) from e
             raise
-        # Charts use the iteration as x axis, also for rows from a resumed part.
+        # Charts use the iteration as x axis, also for rows from a resumed part; per-step keys (log_step)
+        # are declared on the global step as they first appear.
         self.run.define_metric("iteration")
+        self.run.define_metric(GLOBAL_STEP)
         self.run.define_metric("*", step_metric="iteration")
+        self._step_keys = set()
 
     def _close_wandb(self, exit_code: int | None = None) -> None:
         import wandb
@@ -214,7 +235,61 @@ class Tracker:
                     os.environ[var] = old
             self._saved_env = {}
 
+    def _wandb_step(self) -> int:
+        """The next W&B step: larger than every step logged before in this run directory (by any process)."""
+        path = self.run_dir / STEP_FILE
+        if self._next_step is None:
+            if path.exists():
+                self._next_step = int(path.read_text(encoding="utf-8"))
+            else:  # past any row logged before steps were counted here (those used step = iteration)
+                self._next_step = _max_iteration(self.run_dir) + 1
+            self._reserved_step = self._next_step
+        if self._next_step >= self._reserved_step:
+            # Reserved on disk before use: a killed process's successor starts past every step it used.
+            self._reserved_step = self._next_step + STEP_BLOCK
+            A.write_text(path, f"{self._reserved_step}\n")
+        step = self._next_step
+        self._next_step += 1
+        return step
+
     # ---- logging ----
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        """Hold the W&B run open for a block (a fit), so that log_step rows go out as they come."""
+        if not self.use_wandb:
+            yield
+            return
+        self._start_wandb(self._config, self._run_name)
+        try:
+            yield
+        except BaseException:
+            self._close_wandb(exit_code=1)
+            raise
+        self._close_wandb()
+
+    def log_step(self, row: dict) -> None:
+        """One per-step row of a fit (star/training/steps.py) on the global step, inside `live()`.
+        Outside it (or without W&B) this does nothing: train_steps.csv keeps the rows either way."""
+        if self.run is None:
+            return
+        data = {k: v for k, v in row.items() if k not in ("iteration", "step", "global_step") and v is not None}
+        for key in data.keys() - self._step_keys:
+            self.run.define_metric(key, step_metric=GLOBAL_STEP)
+            self._step_keys.add(key)
+        self.run.log({**data, GLOBAL_STEP: int(row["global_step"])}, step=self._wandb_step())
+
+    def summarize(self, summary: dict[str, Any]) -> None:
+        """Set the W&B run's summary (what a sweep table shows); metrics.csv is not touched."""
+        if not self.use_wandb:
+            return
+        self._start_wandb(self._config, self._run_name)
+        try:
+            self.run.summary.update(summary)
+        except BaseException:
+            self._close_wandb(exit_code=1)
+            raise
+        self._close_wandb()
+
     def log_iteration(self, iteration: int, metrics: dict[str, float], samples: list[dict]) -> None:
         """Log one iteration's metrics (step = iteration) and, if any, its samples table."""
         iteration = int(iteration)
@@ -232,7 +307,7 @@ class Tracker:
                 data: dict[str, Any] = {**metrics, "iteration": iteration}
                 if samples:
                     data["samples"] = _samples_table(samples)
-                self.run.log(data, step=iteration)
+                self.run.log(data, step=self._wandb_step())
             except BaseException:
                 self._close_wandb(exit_code=1)
                 raise
@@ -251,6 +326,12 @@ class Tracker:
         """Close the W&B run (if any) and restore the environment. Safe to call twice."""
         if self._saved_env or self.run is not None:
             self._close_wandb(exit_code=exit_code)
+
+
+def _max_iteration(run_dir: Path) -> int:
+    """The last iteration with metrics.json (-1: none)."""
+    done = [int(p.parent.name[len("iter_"):]) for p in Path(run_dir).glob("iter_*/metrics.json")]
+    return max(done, default=-1)
 
 
 # ---- reading back ----
@@ -316,6 +397,27 @@ def read_wandb_offline(run_dir: Path) -> list[dict]:
             row["_step"] = item.get("_step", history.get("step", {}).get("num", 0))
             rows.append(row)
     return rows
+
+
+def read_wandb_summary(run_dir: Path) -> dict:
+    """The W&B run's summary as the offline parts set it (later updates win; wandb's own `_` keys left out)."""
+    summary: dict = {}
+    for log in _offline_logs(run_dir):
+        for record in _inspect_records(log):
+            if record.get("type") == "summary":
+                update = record["summary"].get("update", {})
+                summary.update({k: _json_number(v) for k, v in update.items() if not k.startswith("_")})
+    return summary
+
+
+def iteration_rows(history: list[dict]) -> list[dict]:
+    """The per-iteration rows of read_wandb_offline's history (per-step rows have no `iteration`)."""
+    return [r for r in history if "iteration" in r]
+
+
+def step_rows(history: list[dict]) -> list[dict]:
+    """The per-step rows (train/*, fit/* on train/global_step) of read_wandb_offline's history."""
+    return [r for r in history if GLOBAL_STEP in r]
 
 
 def read_wandb_run_ids(run_dir: Path) -> set[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from star import artifacts as A
-from star.tracking import read_wandb_offline, read_wandb_run_ids
+from star.tracking import iteration_rows, read_wandb_offline, read_wandb_run_ids
 from tests.conftest import run_star
 
 FAST = ["~experiment", "model=tiny", "debug=fast", "n_iterations=2"]
@@ -74,7 +74,7 @@ def test_run_directory_is_complete(reference_run):
 
 @pytest.mark.slow
 def test_wandb_offline_run_reads_back(reference_run):
-    history = read_wandb_offline(reference_run)
+    history = iteration_rows(read_wandb_offline(reference_run))
     assert [int(r["iteration"]) for r in history] == [0, 1, 2]
     for r in history:
         metrics = json.loads((reference_run / f"iter_{int(r['iteration']):02d}" / "metrics.json").read_text())
@@ -113,7 +113,7 @@ def test_killed_run_resumes_to_identical_artifacts(reference_run, tmp_path, poin
     assert deterministic_files(run) == deterministic_files(reference_run)
     # Not only `.*.tmp`: a leftover of any name (checkpoint.old, a partial file) differs from the reference.
     assert files_outside_wandb(run) == files_outside_wandb(reference_run), "files left behind or lost"
-    iterations = [int(r["iteration"]) for r in read_wandb_offline(run)]
+    iterations = [int(r["iteration"]) for r in iteration_rows(read_wandb_offline(run))]
     assert sorted(set(iterations)) == [0, 1, 2]
     assert len(read_wandb_run_ids(run)) == 1, "a resumed run logs to the same W&B run id"
 

@@ -92,9 +92,13 @@ def test_counts_are_exact_and_no_hint_reaches_training(tmp_path):
     assert m["data/n_examples"] == n_direct + n_rat
     assert m["train/steps"] == 2  # debug=fast: base_steps 2
     assert m["gen/scorer_errors"] == 0  # arithmetic's verifier cannot raise: no scorer_errors attribute
-    for key in ("eval/accuracy", "eval/accuracy/1", "eval/accuracy/2", "train/loss", "perf/gen_tokens_per_s",
+    for key in ("eval/accuracy", "eval/accuracy/1", "eval/accuracy/2", "train/final_loss", "perf/gen_tokens_per_s",
                 "perf/train_tokens_per_s", "time/generate_s", "time/rationalize_s", "time/train_s", "time/eval_s"):
         assert key in m, key
+    # The fit's last-quarter mean loss, as the train marker has it; train/loss is the per-step loss
+    # (train_steps.csv), never an iteration's metric. No generation callback ran: no fit/final_dev_accuracy.
+    assert m["train/final_loss"] == A.read_done(loop.run_dir, 1, "train")["loss"]
+    assert "train/loss" not in m and "fit/final_dev_accuracy" not in m
 
 
 def test_rationalization_off_keeps_only_direct(tmp_path):
@@ -237,10 +241,12 @@ def test_resume_in_process_never_redoes_a_finished_stage(tmp_path):
 def test_generation_callback_records_dev_accuracy_during_fit(tmp_path):
     loop, log = make_loop(tmp_path, ["n_iterations=1", "schedule.base_steps=4", "trainer.eval_every_n_steps=2",
                                      "trainer.callback_dev_size=4"])
-    loop.run()
+    history = loop.run()
     curve = A.read_done(loop.run_dir, 1, "train")["dev_curve"]
     assert [c["step"] for c in curve] == [2]  # every 2 steps, before the last one
     assert all(0.0 <= c["accuracy"] <= 1.0 for c in curve)
+    assert history[1]["fit/final_dev_accuracy"] == curve[-1]["accuracy"]
+    assert A.read_json(A.metrics_of(loop.run_dir, 1))["fit/final_dev_accuracy"] == curve[-1]["accuracy"]
     fit_evals = [c for c in log if c["desc"] == "fit eval"]
     assert len(fit_evals) == 1 and len(fit_evals[0]["questions"]) == 4
 

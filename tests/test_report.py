@@ -322,6 +322,83 @@ def test_many_runs_plot_one_panel_per_group(tmp_path):
         assert_png(tmp_path / "out" / name)
 
 
+STEP_COLUMNS = ["iteration", "step", "global_step", "train/loss", "train/lr", "train/grad_norm",
+                "train/tokens_per_s", "time/elapsed_s", "fit/dev_accuracy"]
+
+
+def write_train_steps(run: Path, text: str) -> None:
+    """<run>/train_steps.csv as the step logger writes it: the header, then `text` (CSV rows)."""
+    (run / "train_steps.csv").write_text(",".join(STEP_COLUMNS) + "\n" + text)
+
+
+# Iteration 1: 3 steps, the generation callback at step 2; iteration 2: 2 steps, one with empty cells.
+STEPS_CSV = """1,1,1,2.5,1e-05,0.9,1000.0,0.5,
+1,2,2,2.0,1e-05,0.8,1100.0,1.0,0.25
+1,3,3,1.5,1e-05,0.7,1200.0,1.5,
+2,1,4,1.75,,,,2.0,
+2,2,5,1.25,5e-06,0.6,1250.0,2.5,
+"""
+
+
+def test_read_train_steps_parses_numbers_and_empty_cells(tmp_path):
+    run = make_run(tmp_path, "run")
+    assert R.read_train_steps(run) == []  # no train_steps.csv: an older run
+    write_train_steps(run, STEPS_CSV)
+    rows = R.read_train_steps(run)
+    assert [(r["iteration"], r["step"], r["global_step"]) for r in rows] == [(1, 1, 1), (1, 2, 2), (1, 3, 3),
+                                                                            (2, 1, 4), (2, 2, 5)]
+    assert rows[1] == {"iteration": 1, "step": 2, "global_step": 2, "train/loss": 2.0, "train/lr": 1e-05,
+                       "train/grad_norm": 0.8, "train/tokens_per_s": 1100.0, "time/elapsed_s": 1.0,
+                       "fit/dev_accuracy": 0.25}
+    assert rows[3]["train/lr"] is None and rows[3]["train/grad_norm"] is None and rows[3]["train/loss"] == 1.75
+    assert [r["fit/dev_accuracy"] for r in rows] == [None, 0.25, None, None, None]
+    assert R.loss_curves(rows) == {
+        1: {"step": [1, 2, 3], "loss": [2.5, 2.0, 1.5], "dev_step": [2], "dev_accuracy": [25.0]},
+        2: {"step": [4, 5], "loss": [1.75, 1.25], "dev_step": [], "dev_accuracy": []},
+    }
+    # A line cut by a kill, a short row and a step written again (a redone fit): skipped, padded, last kept.
+    write_train_steps(run, STEPS_CSV + "2,2,5,1.0\n2,3,")
+    rows = R.read_train_steps(run)
+    assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[-1]["train/loss"] == 1.0 and rows[-1]["fit/dev_accuracy"] is None
+    # Only a header (a fit killed before its first step): no rows.
+    write_train_steps(run, "")
+    assert R.read_train_steps(run) == []
+
+
+def test_loss_plot_only_for_runs_with_train_steps(tmp_path):
+    with_steps = make_run(tmp_path / "sweep", "a0", seed=0)
+    write_train_steps(with_steps, STEPS_CSV)
+    make_run(tmp_path / "sweep", "a1", seed=1)  # no train_steps.csv: reported, no loss panel
+    written = R.write_report([tmp_path / "sweep"], tmp_path / "out")
+    assert "loss.png" in written
+    assert_png(tmp_path / "out" / "loss.png")
+    groups = R.group_runs([R.read_run(p) for p in R.find_runs([tmp_path / "sweep"])])
+    panels = R._panels(groups, lambda r: bool(r.train_steps), merged="overlaid")
+    assert [p.runs[0].path for p in panels] == [with_steps]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "[loss.png](loss.png)" in md
+    assert len(read_csv(tmp_path / "out" / "runs.csv")) == 2
+
+    # No run with per-step rows: no loss.png (an older one in the same folder is removed), not listed.
+    (with_steps / "train_steps.csv").unlink()
+    written = R.write_report([tmp_path / "sweep"], tmp_path / "out")
+    assert "loss.png" not in written and not (tmp_path / "out" / "loss.png").exists()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "loss.png" not in md and "[accuracy.png](accuracy.png)" in md
+    assert len(summary_rows(md)) == 1 and len(read_csv(tmp_path / "out" / "runs.csv")) == 2
+
+
+def test_loss_plot_above_max_panels_overlays_each_group(tmp_path):
+    for seed in range(R.MAX_PANELS + 1):
+        write_train_steps(make_run(tmp_path, f"on{seed}", seed=seed), STEPS_CSV)
+    groups = R.group_runs([R.read_run(p) for p in R.find_runs([tmp_path])])
+    panels = R._panels(groups, lambda r: bool(r.train_steps), merged="overlaid")
+    assert [(p.title, len(p.runs)) for p in panels] == [("STaR with rationalization (overlaid 13)", 13)]
+    assert R.plot_loss(groups, tmp_path / "loss.png")
+    assert_png(tmp_path / "loss.png")
+
+
 def test_main_prints_the_summary(tmp_path, capsys):
     run = make_run(tmp_path, "run")
     R.main([str(run), "--out", str(tmp_path / "out"), "--no-plots"])

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf, open_dict
 from star.cli import CONF_DIR
 from star.config import register_configs, validate
 from star.slurm import final_states
-from star.tracking import _inspect_records, _offline_logs, read_wandb_offline, read_wandb_run_ids
+from star.tracking import _inspect_records, _offline_logs, iteration_rows, read_wandb_offline, read_wandb_run_ids
 from tests.conftest import REPO, run_star
 from tests.test_cli import deterministic_files
 
@@ -284,7 +284,7 @@ def test_sweep_runs_every_point_as_one_wandb_run(slurm_cluster, slurm_sweep):
             assert (run / name).exists(), f"{run.name}/{name} missing"
         if "rationalization=on" in run.name:  # debug=fast: gold rationalizations, so something to train on
             assert (run / "iter_01" / "checkpoint" / "model.safetensors").exists(), run.name
-        assert [int(r["iteration"]) for r in read_wandb_offline(run)] == [0, 1]
+        assert [int(r["iteration"]) for r in iteration_rows(read_wandb_offline(run))] == [0, 1]
         record = wandb_run_record(run)
         assert record["run_group"] == "rationalization_ablation"
         assert record["display_name"] == run.name.split("_", 1)[1], "run name = the point's overrides"
@@ -375,5 +375,5 @@ def test_interrupted_job_resumes_to_identical_artifacts(slurm_cluster, slurm_swe
     train_ids = [json.loads(line)["id"] for line in (run / "iter_01" / "train.jsonl").read_text().splitlines()]
     assert len(train_ids) == len(set(train_ids)) > 0, "no training example duplicated"
     assert not list(run.rglob(".*.tmp")), "temp files left behind"
-    assert [int(r["iteration"]) for r in read_wandb_offline(run)] == [0, 1], "each iteration logged once"
+    assert [int(r["iteration"]) for r in iteration_rows(read_wandb_offline(run))] == [0, 1], "each iteration logged once"
     assert read_wandb_run_ids(run) == {(run / "wandb_run_id.txt").read_text().strip()}, "the requeued job kept its W&B run"

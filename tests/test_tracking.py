@@ -16,12 +16,18 @@ import pytest
 
 from star.config import LoggerConfig
 from star.tracking import (
+    GLOBAL_STEP,
     METRICS_CSV,
     RUN_ID_FILE,
+    STEP_BLOCK,
     Tracker,
+    _inspect_records,
     _offline_logs,
+    iteration_rows,
     read_wandb_offline,
     read_wandb_run_ids,
+    read_wandb_summary,
+    step_rows,
 )
 
 WANDB_ENV = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")
@@ -88,7 +94,9 @@ def test_wandb_offline_roundtrip_and_resume(sandbox: Path, monkeypatch: pytest.M
     parts = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(parts) == 3
     rows = read_wandb_offline(run_dir)
-    assert rows == [{**logged[i], "iteration": i, "_step": i} for i in (0, 1, 2)]
+    assert [{k: v for k, v in r.items() if k != "_step"} for r in rows] == [{**logged[i], "iteration": i} for i in (0, 1, 2)]
+    # W&B steps keep increasing across processes: the second starts past the block the first reserved.
+    assert [r["_step"] for r in rows] == [0, 1, STEP_BLOCK]
 
     # The samples tables were written as run media, one per iteration that had samples.
     tables = [t for log in _offline_logs(run_dir) for t in log.parent.glob("files/media/table/samples_*.table.json")]
@@ -111,25 +119,59 @@ def test_wandb_offline_roundtrip_and_resume(sandbox: Path, monkeypatch: pytest.M
         assert FAKE_KEY.encode() not in path.read_bytes(), f"API key written to {path}"
 
 
+def test_live_step_rows_go_on_the_global_step_and_steps_keep_increasing(sandbox: Path) -> None:
+    run_dir = sandbox / "run"
+    cfg = LoggerConfig(csv=False)
+    with Tracker(run_dir, cfg, {}) as tracker:
+        tracker.log_iteration(0, {"eval/accuracy": 0.1}, samples=[])
+        with tracker.live():
+            for step in (1, 2):
+                tracker.log_step({"iteration": 1, "step": step, "global_step": step, "train/loss": 2.0 / step,
+                                  "train/lr": 1e-4, "train/grad_norm": None})
+            tracker.log_step({"iteration": 1, "step": 2, "global_step": 2, "fit/dev_accuracy": 0.25})
+        tracker.log_iteration(1, {"eval/accuracy": 0.2, "train/final_loss": 1.0}, samples=[])
+    tracker.log_step({"global_step": 3, "train/loss": 0.5})  # outside live(): not logged (no open run)
+    # A second process redoes iteration 1's fit (a kill): the same global steps, larger W&B steps.
+    with Tracker(run_dir, cfg, {}) as tracker, tracker.live():
+        tracker.log_step({"iteration": 1, "step": 1, "global_step": 1, "train/loss": 2.0})
+        tracker.summarize({"final/dev_accuracy": 0.2, "stop_reason": "finished"})
+
+    history = read_wandb_offline(run_dir)
+    assert [r["iteration"] for r in iteration_rows(history)] == [0, 1]
+    steps = step_rows(history)
+    assert [(r[GLOBAL_STEP], r.get("train/loss"), r.get("fit/dev_accuracy")) for r in steps] == [
+        (1, 2.0, None), (2, 1.0, None), (2, None, 0.25), (1, 2.0, None)]
+    assert "train/grad_norm" not in steps[0], "a None value is left out, not logged"
+    w_steps = [r["_step"] for r in history]
+    assert w_steps == sorted(w_steps) and len(set(w_steps)) == len(w_steps)
+    summary = read_wandb_summary(run_dir)  # also W&B's own last value of every logged key
+    assert summary["final/dev_accuracy"] == 0.2 and summary["stop_reason"] == "finished"
+    # Per-step keys are charted on the global step; everything else on the iteration.
+    defined = {(m["metric"].get("name") or m["metric"].get("glob_name"), m["metric"].get("step_metric"))
+               for log in _offline_logs(run_dir) for m in _inspect_records(log) if m.get("type") == "metric"}
+    assert {("train/loss", GLOBAL_STEP), ("fit/dev_accuracy", GLOBAL_STEP), ("*", "iteration")} <= defined
+    assert ("eval/accuracy", GLOBAL_STEP) not in defined
+
+
 def test_csv_rows_resume_and_relog(sandbox: Path) -> None:
     run_dir = sandbox / "run"
     cfg = LoggerConfig(wandb=False, csv=True)
     with Tracker(run_dir, cfg, {}) as tracker:
         tracker.log_iteration(0, {"eval/accuracy": 0.1}, samples=[])
-        tracker.log_iteration(1, {"eval/accuracy": 0.2, "train/loss": 1.5}, samples=[{"q": "x"}])
+        tracker.log_iteration(1, {"eval/accuracy": 0.2, "train/final_loss": 1.5}, samples=[{"q": "x"}])
     rows = read_csv_rows(run_dir / METRICS_CSV)
     assert rows == [
-        {"iteration": "0", "eval/accuracy": "0.1", "train/loss": ""},
-        {"iteration": "1", "eval/accuracy": "0.2", "train/loss": "1.5"},
+        {"iteration": "0", "eval/accuracy": "0.1", "train/final_loss": ""},
+        {"iteration": "1", "eval/accuracy": "0.2", "train/final_loss": "1.5"},
     ]
 
     # A resumed job keeps earlier rows; a redone iteration replaces its row.
     with Tracker(run_dir, cfg, {}) as tracker:
-        tracker.log_iteration(1, {"eval/accuracy": 0.3, "train/loss": 1.25}, samples=[])
+        tracker.log_iteration(1, {"eval/accuracy": 0.3, "train/final_loss": 1.25}, samples=[])
         tracker.log_iteration(2, {"eval/accuracy": 0.4, "time/train_s": 3.0}, samples=[])
     rows = read_csv_rows(run_dir / METRICS_CSV)
     assert [r["iteration"] for r in rows] == ["0", "1", "2"]
-    assert rows[1] == {"iteration": "1", "eval/accuracy": "0.3", "time/train_s": "", "train/loss": "1.25"}
+    assert rows[1] == {"iteration": "1", "eval/accuracy": "0.3", "time/train_s": "", "train/final_loss": "1.25"}
     assert rows[2]["time/train_s"] == "3.0"
 
     # CSV only: no W&B files at all, and no temp files left behind.

@@ -32,6 +32,8 @@ class GeneratorConfig:
     # Or over a SLURM job array of this many shard tasks (0: off), with these resources.
     shards: int = 0
     slurm: ShardSlurmConfig = field(default_factory=ShardSlurmConfig)
+    # Progress of generation passes and fits (star/progress.py): a bar on a terminal, a line every 10%
+    # in a log (SLURM, a pipe); false: none.
     progress: bool = True
 
 

@@ -1,5 +1,9 @@
 """Stage 6, log: the iteration's metrics.json (star/metrics.py), then W&B and metrics.csv through the
-tracker. Written last, so an iteration with metrics.json is finished."""
+tracker. Written last, so an iteration with metrics.json is finished.
+
+`summarize` (called by the loop when the run stops) writes <run>/summary.json and the W&B run's summary:
+what a sweep table needs (final and best dev accuracy, final test accuracy, iterations, total stage time,
+stop_reason: finished, plateau or failed)."""
 
 from __future__ import annotations
 
@@ -14,3 +18,29 @@ def log(ctx: StageContext, iteration: int) -> dict:
     if ctx.tracker is not None:
         ctx.tracker.log_iteration(iteration, metrics, samples)
     return {}
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def run_summary(ctx: StageContext, history: list[dict], stop_reason: str) -> dict:
+    """The run's summary from its finished iterations' metrics (`history`, iteration 0 first)."""
+    summary: dict = {"stop_reason": stop_reason, "iterations": len(history) - 1 if history else 0}
+    if history:
+        dev = [h["eval/accuracy"] for h in history]
+        best = max(range(len(dev)), key=lambda i: (dev[i], -i))  # ties: the earliest, as checkpoint retention
+        summary.update({"final/dev_accuracy": dev[-1], "best/dev_accuracy": dev[best],
+                        "best/iteration": history[best]["iteration"]})
+        if "test/accuracy" in history[-1]:
+            summary["final/test_accuracy"] = history[-1]["test/accuracy"]
+    # Wall time of the work kept: every finished stage's seconds (a resumed run's retries not counted).
+    summary["time/total_s"] = sum(A.read_json(p).get("seconds", 0.0) for p in sorted(ctx.run_dir.glob("iter_*/*.done")))
+    return summary
+
+
+def summarize(ctx: StageContext, history: list[dict], stop_reason: str) -> dict:
+    summary = run_summary(ctx, history, stop_reason)
+    A.write_json(ctx.run_dir / SUMMARY_FILE, summary)
+    if ctx.tracker is not None:
+        ctx.tracker.summarize(summary)
+    return summary

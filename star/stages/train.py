@@ -1,7 +1,8 @@
 """Stages 2 and 4, filter and fine-tune: keep the correct answers (direct and rationalized), pair each
 with its question WITHOUT the hint, and fine-tune the base (or M(n-1)) on them -> M(n).
 
-Writes iter_NN/train.jsonl (the examples trained on) and iter_NN/checkpoint/ (M(n)); returns the
+Writes iter_NN/train.jsonl (the examples trained on), iter_NN/checkpoint/ (M(n)) and this fit's rows
+of train_steps.csv (per step: loss, lr, grad norm, tokens/s; sent to W&B live as they come); returns the
 train marker, which names M(n) (see star/model_cache.py). The fit runs in this process (spawning its
 own workers for DDP/FSDP), or as one SLURM job over several nodes (trainer.num_nodes > 1 or
 trainer.slurm_launch, star/training/slurm.py). Steps follow the schedule (`scheduled_steps`).
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
 from star import artifacts as A
 from star.evaluation import evaluate
@@ -21,6 +25,7 @@ from star.stages.context import StageContext
 from star.training import slurm as slurm_training
 from star.training.callbacks import CrashPointCallback, GenerationCallback
 from star.training.module import NonFiniteLossError
+from star.training.steps import StepForwarder, StepLog, merge_train_steps, read_step_rows
 
 
 def scheduled_steps(schedule_cfg, iteration: int, n_examples: int, batch_size: int) -> int:
@@ -71,7 +76,10 @@ def train(ctx: StageContext, iteration: int) -> dict:
     trained = ModelRef(A.checkpoint_of_iteration(iteration), ctx.cfg.method.keep_prompt_in_training)
     steps = scheduled_steps(ctx.cfg.schedule, iteration, len(rows), ctx.cfg.trainer.batch_size)
     fit = fit_on_slurm if slurm_training.enabled(ctx.cfg.trainer) else fit_here
-    stats, extra = fit(ctx, iteration, start, trained, rows, steps)
+    step_log = StepLog(A.steps_stream(ctx.run_dir, iteration), iteration, offset=steps_before(ctx, iteration))
+    with live_steps(ctx, step_log):
+        stats, extra = fit(ctx, iteration, start, trained, rows, steps, step_log)
+    keep_step_rows(ctx, iteration, step_log)
     info = {"checkpoint": trained.checkpoint, "prompted": trained.prompted, **counts, "steps": stats.steps,
             "loss": stats.loss, "train_tokens_per_s": stats.tokens_per_s}
     if getattr(stats, "setup", None):
@@ -79,26 +87,54 @@ def train(ctx: StageContext, iteration: int) -> dict:
     return {**info, **extra}
 
 
+def steps_before(ctx: StageContext, iteration: int) -> int:
+    """The optimizer steps of every earlier iteration's fit: where this fit's global steps start."""
+    return sum(A.read_done(ctx.run_dir, k, "train")["steps"] for k in range(1, iteration))
+
+
+@contextmanager
+def live_steps(ctx: StageContext, step_log: StepLog):
+    """While the fit runs: its per-step rows go to the W&B run as they are written (whichever process
+    fits: this one, spawned DDP ranks, a SLURM job)."""
+    if ctx.tracker is None:
+        yield
+        return
+    with ctx.tracker.live(), StepForwarder(step_log.path, ctx.tracker.log_step) as forwarder:
+        yield
+    if forwarder.error is not None:
+        warnings.warn(f"[star] per-step W&B logging stopped: {forwarder.error}", stacklevel=2)
+
+
+def keep_step_rows(ctx: StageContext, iteration: int, step_log: StepLog) -> None:
+    """This fit's rows replace the iteration's rows in train_steps.csv (an earlier, killed attempt's go)."""
+    stream = Path(step_log.path)
+    csv_path = A.train_steps_csv(ctx.run_dir)
+    A.write_text(csv_path, merge_train_steps(csv_path, iteration, read_step_rows(stream)))
+    stream.unlink(missing_ok=True)
+
+
 def training_prefix(ctx: StageContext, trained: ModelRef) -> str:
     """The few-shot prompt kept in the training text (method.keep_prompt_in_training), else ""."""
     return ctx.fewshot_prefix() if trained.prompted else ""
 
 
-def fit_here(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelRef, rows: list[dict], steps: int):
+def fit_here(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelRef, rows: list[dict], steps: int,
+             step_log: StepLog):
     """Fine-tune a copy of the start model in this process and save it as M(n). Returns (FitStats, extra
     marker keys: the generation callback's dev curve)."""
     cfg = ctx.cfg
     model = copy.deepcopy(ctx.models.get(start))  # the base itself stays untouched for later iterations
     ctx.models.forget()
-    dev_callback = generation_callback(ctx, trained) if cfg.trainer.eval_every_n_steps else None
-    callbacks = [c for c in (dev_callback,) if c is not None]
+    dev_callback = generation_callback(ctx, trained, step_log) if cfg.trainer.eval_every_n_steps else None
+    callbacks = [c for c in (step_log, dev_callback) if c is not None]
     if armed(f"{iteration}/train/step_"):  # fault tests: die mid-training
         callbacks.append(CrashPointCallback(f"{iteration}/train"))
     crash_point(f"{iteration}/train/before_fit")
     try:
         stats = ctx.finetune_fn(model, ctx.models.tokenizer, rows, steps=steps, trainer_cfg=cfg.trainer,
                                 seed=ctx.seed(iteration, "train"), prefix=training_prefix(ctx, trained),
-                                callbacks=callbacks, progress=cfg.generator.progress, lora=cfg.model.lora)
+                                callbacks=callbacks, progress=cfg.generator.progress, lora=cfg.model.lora,
+                                desc=f"iter {iteration} train")
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"iteration {iteration}: {e}") from None
     crash_point(f"{iteration}/train/after_fit")
@@ -112,22 +148,23 @@ def fit_here(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelR
 
 
 def fit_on_slurm(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelRef, rows: list[dict],
-                 steps: int):
+                 steps: int, step_log: StepLog):
     """The fit as one SLURM job over num_nodes x devices tasks; its rank 0 saves M(n). Returns (FitStats, {})."""
     job_dir, job_record = A.slurm_train_paths(ctx.run_dir, iteration)
     crash_point(f"{iteration}/train/before_fit")
     stats = slurm_training.fit_on_slurm(
         ctx.cfg, start=None if start.checkpoint is None else ctx.run_dir / start.checkpoint, rows=rows, steps=steps,
         seed=ctx.seed(iteration, "train"), prefix=training_prefix(ctx, trained),
-        save_to=ctx.run_dir / trained.checkpoint, job_dir=job_dir, job_record=job_record, desc=f"iter {iteration} train")
+        save_to=ctx.run_dir / trained.checkpoint, job_dir=job_dir, job_record=job_record, desc=f"iter {iteration} train",
+        callbacks=[step_log])
     crash_point(f"{iteration}/train/after_fit")
     ctx.models.forget()  # eval loads M(n) from the checkpoint the job wrote
     return stats, {}
 
 
-def generation_callback(ctx: StageContext, trained: ModelRef) -> GenerationCallback:
+def generation_callback(ctx: StageContext, trained: ModelRef, step_log: StepLog) -> GenerationCallback:
     """Dev accuracy every trainer.eval_every_n_steps steps of the fit, on callback_dev_size dev questions,
-    asked in the format the model is being trained on."""
+    asked in the format the model is being trained on; each point also goes to the step rows (W&B live)."""
     dev = ctx.task.load("dev")[: ctx.cfg.trainer.callback_dev_size]
     prefix = training_prefix(ctx, trained)
 
@@ -135,4 +172,5 @@ def generation_callback(ctx: StageContext, trained: ModelRef) -> GenerationCallb
         result = evaluate(ctx.generator(model), ctx.task, dev, prefix, ctx.cfg.task.max_new_tokens, desc="fit eval")
         return {"accuracy": result["accuracy"]}
 
-    return GenerationCallback(evaluate_fn, every_n_steps=ctx.cfg.trainer.eval_every_n_steps, at_fit_end=False)
+    return GenerationCallback(evaluate_fn, every_n_steps=ctx.cfg.trainer.eval_every_n_steps, at_fit_end=False,
+                              report=lambda step, result: step_log.dev_point(step, result["accuracy"]))

@@ -50,6 +50,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.utils.data import DataLoader, RandomSampler
 
 from star.config import STRATEGIES
+from star.training.callbacks import TrainProgress
 from star.training.data import PackCollator, PadCollator, SFTDataset, tokenize_rows
 from star.training.module import CausalLMModule
 
@@ -119,8 +120,12 @@ def own_environment():
 
 
 def build_trainer(trainer_cfg, steps: int, callbacks=(), progress: bool = True, model=None,
-                  environment=None) -> L.Trainer:
-    """The Trainer for one fit; `environment`: Lightning's cluster-environment plugin (None: its default)."""
+                  environment=None, desc: str = "train") -> L.Trainer:
+    """The Trainer for one fit; `environment`: Lightning's cluster-environment plugin (None: its default).
+    `progress`: show the fit's progress as `<desc>: step k/K` with loss and tok/s (TrainProgress),
+    not with Lightning's own bar, which reads `Epoch 2/-2` for a run of max_steps."""
+    if progress:
+        callbacks = [*callbacks, TrainProgress(desc, steps)]
     return L.Trainer(
         max_steps=steps,
         accelerator=trainer_cfg.accelerator,
@@ -132,7 +137,7 @@ def build_trainer(trainer_cfg, steps: int, callbacks=(), progress: bool = True, 
         logger=False,
         enable_checkpointing=False,  # the loop saves M(n) itself, atomically
         enable_model_summary=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=list(callbacks),
@@ -162,7 +167,8 @@ def merge_lora(peft_model):
 
 
 def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, seed: int,
-             prefix: str = "", callbacks=(), progress: bool = True, lora: Any = None, spawn: bool = True) -> FitStats:
+             prefix: str = "", callbacks=(), progress: bool = True, lora: Any = None, spawn: bool = True,
+             desc: str = "train") -> FitStats:
     """Fine-tune `model` in place for `steps` optimizer steps over `rows` (reshuffled each pass).
 
     ddp/fsdp with spawn=True: `trainer.devices` spawned processes fit; the weights come back into `model`.
@@ -170,16 +176,17 @@ def finetune(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, see
     rank must call it. Under FSDP rank 0 gets the weights in FitStats.full_state_dict, not in `model`.
 
     `lora` (model.lora): when enabled, only adapters train and are merged into `model` afterwards.
+    `desc`: the progress label (`iter 1 train`); only rank 0 shows progress.
     """
     fit = dict(steps=steps, trainer_cfg=trainer_cfg, seed=seed, prefix=prefix, callbacks=callbacks,
-               progress=progress, lora=lora)
+               progress=progress, lora=lora, desc=desc)
     if spawn and trainer_cfg.strategy != "auto":
         return fit_spawned(model, tokenizer, rows, fit)
     return fit_rank(model, tokenizer, rows, environment=own_environment(), **fit)
 
 
 def fit_rank(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, seed: int, prefix: str, callbacks,
-             progress: bool, lora: Any, environment) -> FitStats:
+             progress: bool, lora: Any, environment, desc: str = "train") -> FitStats:
     """This process's part of the fit: all of it (auto), or one rank's (ddp, fsdp: every rank must call it).
     `environment`: Lightning's cluster-environment plugin that tells this process its rank (None: its default)."""
     examples = tokenize_rows(rows, tokenizer, prefix, trainer_cfg.max_seq_len)
@@ -199,7 +206,7 @@ def fit_rank(model, tokenizer, rows: list[dict], *, steps: int, trainer_cfg, see
     trained = add_lora(model, lora) if use_lora else model
     module = CausalLMModule(trained, lr=trainer_cfg.lr, total_steps=steps, warmup_steps=trainer_cfg.warmup_steps,
                             weight_decay=trainer_cfg.weight_decay, optimizer=trainer_cfg.optimizer)
-    trainer = build_trainer(trainer_cfg, steps, callbacks, progress, model=model, environment=environment)
+    trainer = build_trainer(trainer_cfg, steps, callbacks, progress, model=model, environment=environment, desc=desc)
     # FSDP checkpoints its own wrapped blocks; elsewhere transformers recomputes each block.
     recompute = trainer_cfg.activation_checkpointing and trainer_cfg.strategy != "fsdp"
     if recompute:

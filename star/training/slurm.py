@@ -62,9 +62,10 @@ def load_start(cfg, start: str | None):
 
 
 def train_task(cfg: dict, start: str | None, rows: list[dict], steps: int, seed: int, prefix: str,
-               save_to: str) -> dict | None:
+               save_to: str, callbacks=()) -> dict | None:
     """One task (rank) of the training job: fit with the others, then rank 0 saves the fine-tuned model
-    to `save_to` and returns the fit's stats; other ranks return None."""
+    to `save_to` and returns the fit's stats; other ranks return None. `callbacks`: Lightning callbacks
+    pickled from the driver (the StepLog that writes the per-step rows the driver forwards to W&B)."""
     from omegaconf import OmegaConf
 
     from star.models import save_checkpoint
@@ -72,7 +73,7 @@ def train_task(cfg: dict, start: str | None, rows: list[dict], steps: int, seed:
     cfg = OmegaConf.create(cfg)
     model, tokenizer = load_start(cfg, start)
     stats = finetune(model, tokenizer, rows, steps=steps, trainer_cfg=cfg.trainer, seed=seed, prefix=prefix,
-                     progress=False, lora=cfg.model.lora, spawn=False)
+                     callbacks=list(callbacks), progress=False, lora=cfg.model.lora, spawn=False)
     if int(os.environ.get("SLURM_PROCID", "0")) != 0:
         return None
     if stats.full_state_dict is not None:  # FSDP: this rank's model object is sharded; load the gathered weights
@@ -143,7 +144,7 @@ def rank_zero_stats(job, desc: str) -> dict:
 
 
 def fit_on_slurm(cfg, *, start: Path | None, rows: list[dict], steps: int, seed: int, prefix: str,
-                 save_to: Path, job_dir: Path, job_record: Path, desc: str,
+                 save_to: Path, job_dir: Path, job_record: Path, desc: str, callbacks=(),
                  log=lambda m: print(m, file=sys.stderr)) -> FitStats:
     """Submit the fit of `cfg` (the whole run config) as one job, wait for it, return rank 0's FitStats (the
     fine-tuned model is then at `save_to`). `start`: the checkpoint directory to fine-tune, None for the base.
@@ -159,7 +160,7 @@ def fit_on_slurm(cfg, *, start: Path | None, rows: list[dict], steps: int, seed:
     if str(t.accelerator) in ("gpu", "cuda") and not t.slurm.gpus_per_node:
         shape["gpus_per_node"] = devices
     job = queue.submit_job(train_task, OmegaConf.to_container(cfg, resolve=True), None if start is None else str(start),
-                           rows, steps, seed, prefix, str(save_to), **shape)
+                           rows, steps, seed, prefix, str(save_to), list(callbacks), **shape)
     A.write_json(Path(job_record), {"job_id": str(job.job_id)})
     log(f"[star] {desc}: SLURM job {job.job_id} ({t.num_nodes} node(s) x {devices} task(s)); "
         f"logs in {Path(job_dir) / str(job.job_id)}")
