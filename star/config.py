@@ -393,9 +393,10 @@ def validate_scale(cfg: Any, need) -> None:
     validate_slurm_training(cfg, need)
     need(t.sharding_strategy in SHARDING_STRATEGIES,
          f"trainer.sharding_strategy must be one of {', '.join(SHARDING_STRATEGIES)}, got '{t.sharding_strategy}'")
-    need(t.strategy == "auto" or not t.eval_every_n_steps,
-         f"trainer.eval_every_n_steps is not supported with trainer.strategy={t.strategy} (the dev callback runs "
-         "in the main process); set trainer.eval_every_n_steps=null")
+    need(t.strategy != "fsdp" or not t.eval_every_n_steps,
+         "trainer.eval_every_n_steps is not supported with trainer.strategy=fsdp (each rank holds a shard of the "
+         "weights, and gathering the whole model to generate every few steps would cost what FSDP saves); set "
+         "trainer.eval_every_n_steps=null, or use trainer=ddp")
     need(not (lora.enabled and t.strategy == "fsdp"),
          "model.lora.enabled=true is not supported with trainer.strategy=fsdp; use LoRA on one GPU (trainer=gpu) "
          "or DDP (trainer=ddp), or full fine-tuning with FSDP (model.lora.enabled=false)")

@@ -103,6 +103,21 @@ def test_a_fit_killed_midway_keeps_each_step_once_from_the_attempt_that_finished
     assert [r["_step"] for r in history] == sorted(set(r["_step"] for r in history))
 
 
+@pytest.mark.slow
+def test_the_dev_callback_runs_under_ddp_on_rank_0(tmp_path):
+    run = tmp_path / "run"
+    proc = run_star(["~experiment", "model=tiny", "debug=fast", "n_iterations=1", "trainer=cpu_ddp",
+                     "schedule.base_steps=4", "trainer.eval_every_n_steps=2", f"hydra.run.dir={run}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = csv_rows(A.train_steps_csv(run))
+    assert [r["global_step"] for r in rows] == ["1", "2", "3", "4"], "rank 0 alone writes the steps"
+    assert [r["global_step"] for r in rows if r["fit/dev_accuracy"]] == ["2"]
+    assert A.read_done(run, 1, "train")["dev_curve"] == [{"step": 2, "accuracy": float(rows[1]["fit/dev_accuracy"])}]
+    assert A.read_done(run, 1, "train")["trainer"]["world_size"] == 2
+    dev = [r for r in step_rows(read_wandb_offline(run)) if "fit/dev_accuracy" in r]
+    assert [int(r[GLOBAL_STEP]) for r in dev] == [2], "forwarded from the spawned rank to the loop's W&B run"
+
+
 # ----------------------------------------------------------------------------- the pieces on their own
 
 def test_forwarder_hands_over_whole_lines_only_and_drains_at_exit(tmp_path):

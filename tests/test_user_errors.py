@@ -230,9 +230,10 @@ CASES = [
          "star: error: plateau_patience must be >= 1 or null, got 0"),
     Case("config-unknown-checkpoint-keep", "config", ["checkpoint.keep=some"],
          "star: error: checkpoint.keep must be one of last_and_best, all, got 'some'"),
-    Case("config-dev-callback-with-ddp", "config", ["trainer=ddp", "trainer.eval_every_n_steps=10"],
-         "star: error: trainer.eval_every_n_steps is not supported with trainer.strategy=ddp (the dev callback runs "
-         "in the main process); set trainer.eval_every_n_steps=null"),
+    Case("config-dev-callback-with-fsdp", "config", ["trainer=fsdp", "trainer.eval_every_n_steps=10"],
+         "star: error: trainer.eval_every_n_steps is not supported with trainer.strategy=fsdp (each rank holds a "
+         "shard of the weights, and gathering the whole model to generate every few steps would cost what FSDP "
+         "saves); set trainer.eval_every_n_steps=null, or use trainer=ddp"),
     Case("config-lora-with-fsdp", "config", ["model.lora.enabled=true", "trainer=fsdp"],
          "star: error: model.lora.enabled=true is not supported with trainer.strategy=fsdp; use LoRA on one GPU "
          "(trainer=gpu) or DDP (trainer=ddp), or full fine-tuning with FSDP (model.lora.enabled=false)"),
@@ -458,11 +459,12 @@ CASES = [
     Case("sweep-crosses-a-key-typo", "sweep", ["seed=0,1", "task.digitz=3"], flags=("-m",),
          message="star: error: task.digitz is not a key of task=arithmetic (its keys: name, train_size, dev_size, "
                  "test_size, sample_per_iteration, max_new_tokens, digits); check the spelling"),
-    Case("sweep-crosses-a-combination", "sweep", ["trainer=cpu,cpu_ddp", "trainer.eval_every_n_steps=5"],
+    Case("sweep-crosses-a-combination", "sweep", ["trainer=cpu,fsdp", "trainer.eval_every_n_steps=5"],
          flags=("-m",),
-         message="star: error: sweep point 2 of 2 (trainer=cpu_ddp): trainer.eval_every_n_steps is not supported "
-                 "with trainer.strategy=ddp (the dev callback runs in the main process); set "
-                 "trainer.eval_every_n_steps=null; nothing was launched"),
+         message="star: error: sweep point 2 of 2 (trainer=fsdp): trainer.eval_every_n_steps is not supported "
+                 "with trainer.strategy=fsdp (each rank holds a shard of the weights, and gathering the whole model "
+                 "to generate every few steps would cost what FSDP saves); set trainer.eval_every_n_steps=null, or "
+                 "use trainer=ddp; nothing was launched"),
     Case("sweep-file-with-a-bad-override", "sweep", ["schedule.base_steps=0"],
          flags=("-cd", "{repo}/sweeps", "-cn", "schedule_ablation"),
          message="star: error: sweep point 1 of 3 (schedule=exponential): schedule.base_steps must be > 0, got 0; "

@@ -14,10 +14,13 @@ import copy
 import math
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from star import artifacts as A
 from star.evaluation import evaluate
+from star.generation import build_generator
 from star.faults import armed, crash_point
 from star.model_cache import BASE, ModelRef, model_ref
 from star.models import save_checkpoint
@@ -25,7 +28,7 @@ from star.stages.context import StageContext
 from star.training import slurm as slurm_training
 from star.training.callbacks import CrashPointCallback, GenerationCallback
 from star.training.module import NonFiniteLossError
-from star.training.steps import StepForwarder, StepLog, merge_train_steps, read_step_rows
+from star.training.steps import DEV_KEY, StepForwarder, StepLog, merge_train_steps, read_step_rows
 
 
 def scheduled_steps(schedule_cfg, iteration: int, n_examples: int, batch_size: int) -> int:
@@ -78,13 +81,16 @@ def train(ctx: StageContext, iteration: int) -> dict:
     fit = fit_on_slurm if slurm_training.enabled(ctx.cfg.trainer) else fit_here
     step_log = StepLog(A.steps_stream(ctx.run_dir, iteration), iteration, offset=steps_before(ctx, iteration))
     with live_steps(ctx, step_log):
-        stats, extra = fit(ctx, iteration, start, trained, rows, steps, step_log)
-    keep_step_rows(ctx, iteration, step_log)
+        stats = fit(ctx, iteration, start, trained, rows, steps, step_log)
+    step_rows = keep_step_rows(ctx, iteration, step_log)
     info = {"checkpoint": trained.checkpoint, "prompted": trained.prompted, **counts, "steps": stats.steps,
             "loss": stats.loss, "train_tokens_per_s": stats.tokens_per_s}
     if getattr(stats, "setup", None):
         info["trainer"] = stats.setup  # strategy, world size, precision, LoRA: what actually ran
-    return {**info, **extra}
+    dev_curve = [{"step": r["step"], "accuracy": r[DEV_KEY]} for r in step_rows if DEV_KEY in r]
+    if dev_curve:  # the generation callback ran (trainer.eval_every_n_steps)
+        info["dev_curve"] = dev_curve
+    return info
 
 
 def steps_before(ctx: StageContext, iteration: int) -> int:
@@ -105,12 +111,15 @@ def live_steps(ctx: StageContext, step_log: StepLog):
         warnings.warn(f"[star] per-step W&B logging stopped: {forwarder.error}", stacklevel=2)
 
 
-def keep_step_rows(ctx: StageContext, iteration: int, step_log: StepLog) -> None:
-    """This fit's rows replace the iteration's rows in train_steps.csv (an earlier, killed attempt's go)."""
+def keep_step_rows(ctx: StageContext, iteration: int, step_log: StepLog) -> list[dict]:
+    """This fit's rows replace the iteration's rows in train_steps.csv (an earlier, killed attempt's go).
+    Returns them."""
     stream = Path(step_log.path)
+    rows = read_step_rows(stream)
     csv_path = A.train_steps_csv(ctx.run_dir)
-    A.write_text(csv_path, merge_train_steps(csv_path, iteration, read_step_rows(stream)))
+    A.write_text(csv_path, merge_train_steps(csv_path, iteration, rows))
     stream.unlink(missing_ok=True)
+    return rows
 
 
 def training_prefix(ctx: StageContext, trained: ModelRef) -> str:
@@ -120,8 +129,8 @@ def training_prefix(ctx: StageContext, trained: ModelRef) -> str:
 
 def fit_here(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelRef, rows: list[dict], steps: int,
              step_log: StepLog):
-    """Fine-tune a copy of the start model in this process and save it as M(n). Returns (FitStats, extra
-    marker keys: the generation callback's dev curve)."""
+    """Fine-tune a copy of the start model in this process (or its spawned DDP/FSDP ranks) and save it as
+    M(n). Returns the FitStats."""
     cfg = ctx.cfg
     model = copy.deepcopy(ctx.models.get(start))  # the base itself stays untouched for later iterations
     ctx.models.forget()
@@ -141,15 +150,12 @@ def fit_here(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelR
     save_checkpoint(model, ctx.models.tokenizer, ctx.run_dir / trained.checkpoint,
                     max_shard_size=cfg.checkpoint.max_shard_size)
     ctx.models.put(trained, model)
-    extra = {}
-    if dev_callback is not None:
-        extra["dev_curve"] = [{k: v for k, v in h.items() if k in ("step", "accuracy")} for h in dev_callback.history]
-    return stats, extra
+    return stats
 
 
 def fit_on_slurm(ctx: StageContext, iteration: int, start: ModelRef, trained: ModelRef, rows: list[dict],
                  steps: int, step_log: StepLog):
-    """The fit as one SLURM job over num_nodes x devices tasks; its rank 0 saves M(n). Returns (FitStats, {})."""
+    """The fit as one SLURM job over num_nodes x devices tasks; its rank 0 saves M(n). Returns the FitStats."""
     job_dir, job_record = A.slurm_train_paths(ctx.run_dir, iteration)
     crash_point(f"{iteration}/train/before_fit")
     stats = slurm_training.fit_on_slurm(
@@ -159,18 +165,37 @@ def fit_on_slurm(ctx: StageContext, iteration: int, start: ModelRef, trained: Mo
         callbacks=[step_log])
     crash_point(f"{iteration}/train/after_fit")
     ctx.models.forget()  # eval loads M(n) from the checkpoint the job wrote
-    return stats, {}
+    return stats
 
 
 def generation_callback(ctx: StageContext, trained: ModelRef, step_log: StepLog) -> GenerationCallback:
     """Dev accuracy every trainer.eval_every_n_steps steps of the fit, on callback_dev_size dev questions,
-    asked in the format the model is being trained on; each point also goes to the step rows (W&B live)."""
-    dev = ctx.task.load("dev")[: ctx.cfg.trainer.callback_dev_size]
-    prefix = training_prefix(ctx, trained)
-
-    def evaluate_fn(model) -> dict:
-        result = evaluate(ctx.generator(model), ctx.task, dev, prefix, ctx.cfg.task.max_new_tokens, desc="fit eval")
-        return {"accuracy": result["accuracy"]}
-
+    asked in the format the model is being trained on; each point goes to the step rows (W&B live, the
+    train marker's dev_curve). Under DDP the callback travels to the spawned ranks (so it must pickle:
+    the configured generator is built there) and rank 0 generates while the others wait."""
+    in_process = ctx.cfg.trainer.strategy == "auto"
+    evaluate_fn = DevEvaluator(ctx.task, ctx.task.load("dev")[: ctx.cfg.trainer.callback_dev_size],
+                               training_prefix(ctx, trained), ctx.cfg.task.max_new_tokens, ctx.cfg.generator,
+                               ctx.models.tokenizer, ctx.make_generator if in_process else None)
     return GenerationCallback(evaluate_fn, every_n_steps=ctx.cfg.trainer.eval_every_n_steps, at_fit_end=False,
-                              report=lambda step, result: step_log.dev_point(step, result["accuracy"]))
+                              report=step_log.dev_point)
+
+
+@dataclass
+class DevEvaluator:
+    """model -> {"accuracy"} on a few dev questions (greedy). `make_generator` (model, tokenizer) -> generator:
+    the loop's (tests script it); None builds the configured one (`generator`), as a spawned rank must."""
+
+    task: Any
+    dev: list
+    prefix: str
+    max_new_tokens: int
+    generator: Any
+    tokenizer: Any
+    make_generator: Callable | None = None
+
+    def __call__(self, model) -> dict:
+        make = self.make_generator or (lambda m, tok: build_generator(self.generator, m, tok))
+        result = evaluate(make(model, self.tokenizer), self.task, self.dev, self.prefix, self.max_new_tokens,
+                          desc="fit eval")
+        return {"accuracy": result["accuracy"]}

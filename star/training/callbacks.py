@@ -31,12 +31,16 @@ class GenerationCallback(L.Callback):
         self.history: list[dict] = []
 
     def _run(self, trainer, pl_module) -> None:
-        was_training = pl_module.model.training
-        result = self.evaluate_fn(pl_module.model)
-        pl_module.model.train(was_training)
-        self.history.append({"step": trainer.global_step, **result})
-        if self.report is not None:
-            self.report(trainer.global_step, result)
+        # Under DDP every rank holds the whole model: rank 0 generates, the others wait for it.
+        if trainer.is_global_zero:
+            was_training = pl_module.model.training
+            result = self.evaluate_fn(pl_module.model)
+            pl_module.model.train(was_training)
+            self.history.append({"step": trainer.global_step, **result})
+            if self.report is not None:
+                self.report(trainer.global_step, result)
+        if trainer.world_size > 1:
+            trainer.strategy.barrier("generation_callback")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step

@@ -13,7 +13,7 @@ Rows (one JSON object a line, flushed as written, so a reader tails them whichev
 `step` counts this fit's optimizer steps (1..K); `global_step` adds the steps of every earlier
 iteration's fit (`offset`), so it keeps increasing over a run and a fit redone after a kill gets the
 same values again. `train/grad_norm` is the L2 norm of the gradients before clipping (under FSDP: rank
-0's shard); `train/lr` the learning rate the step used.
+0's shard); `train/lr` the learning rate the step used; `train/tokens_per_s` rank 0's tokens (under DDP, one rank's share).
 
 train_steps.csv (the run directory; `merge_train_steps`) holds one row per global step of every
 finished fit: a redone fit replaces its iteration's rows, so no step is counted twice.
@@ -53,10 +53,10 @@ class StepLog(L.Callback):
         self._file.write(json.dumps(row, sort_keys=True) + "\n")
         self._file.flush()  # whole lines reach the file as they happen: the forwarder tails it
 
-    def dev_point(self, step: int, accuracy: float) -> None:
-        """A generation-callback result at `step` of this fit."""
+    def dev_point(self, step: int, result: dict) -> None:
+        """A generation-callback result ({"accuracy": ...}) at `step` of this fit."""
         self.write({"iteration": self.iteration, "step": step, "global_step": self.offset + step,
-                    DEV_KEY: float(accuracy)})
+                    DEV_KEY: float(result["accuracy"])})
 
     # ---- Lightning hooks ----
     def on_train_start(self, trainer, pl_module):
