@@ -70,6 +70,7 @@ import secrets
 import string
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -225,15 +226,17 @@ class Tracker:
                 self.run.finish(exit_code=exit_code)
         finally:
             self.run = None
-            # Stop wandb-core: it keeps the environment it started with, and the
-            # next Tracker (another run directory) must start one with its own.
-            wandb.teardown(exit_code=exit_code)
-            for var, old in self._saved_env.items():
-                if old is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = old
-            self._saved_env = {}
+            try:
+                # Stop wandb-core: it keeps the environment it started with, and the
+                # next Tracker (another run directory) must start one with its own.
+                wandb.teardown(exit_code=exit_code)
+            finally:
+                for var, old in self._saved_env.items():
+                    if old is None:
+                        os.environ.pop(var, None)
+                    else:
+                        os.environ[var] = old
+                self._saved_env = {}
 
     def _wandb_step(self) -> int:
         """The next W&B step: larger than every step logged before in this run directory (by any process)."""
@@ -255,17 +258,31 @@ class Tracker:
     # ---- logging ----
     @contextmanager
     def live(self) -> Iterator[None]:
-        """Hold the W&B run open for a block (a fit), so that log_step rows go out as they come."""
+        """Hold the W&B run open for a block (a fit), so that log_step rows go out as they come.
+
+        Best effort: the rows are in train_steps.csv whatever happens here, so a W&B failure (wandb-core
+        killed with a preempted job's process group, a network error online) is a warning, never the
+        fit's failure."""
         if not self.use_wandb:
             yield
             return
-        self._start_wandb(self._config, self._run_name)
+        try:
+            self._start_wandb(self._config, self._run_name)
+        except Exception as e:  # noqa: BLE001 - see above
+            warnings.warn(f"[star] W&B gets no per-step rows for this fit: {e}", stacklevel=3)
+            yield
+            return
+        failed = False
         try:
             yield
         except BaseException:
-            self._close_wandb(exit_code=1)
+            failed = True
             raise
-        self._close_wandb()
+        finally:
+            try:
+                self._close_wandb(exit_code=1 if failed else None)
+            except Exception as e:  # noqa: BLE001 - see above
+                warnings.warn(f"[star] W&B could not close the fit's per-step rows: {e}", stacklevel=3)
 
     def log_step(self, row: dict) -> None:
         """One per-step row of a fit (star/training/steps.py) on the global step, inside `live()`.

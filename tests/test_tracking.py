@@ -153,6 +153,23 @@ def test_live_step_rows_go_on_the_global_step_and_steps_keep_increasing(sandbox:
     assert ("eval/accuracy", GLOBAL_STEP) not in defined
 
 
+def test_a_wandb_failure_during_a_fit_is_a_warning_not_the_fits_failure(sandbox: Path) -> None:
+    run_dir = sandbox / "run"
+    with Tracker(run_dir, LoggerConfig(csv=False), {}) as tracker:
+        with pytest.warns(UserWarning, match="could not close the fit's per-step rows: Connection lost"):
+            with tracker.live():
+                tracker.log_step({"global_step": 1, "train/loss": 1.0})
+
+                def lost(*args, **kwargs):  # what wandb raises when wandb-core died (a preempted job)
+                    raise ConnectionResetError("Connection lost")
+
+                tracker.run.finish = lost
+        for var in WANDB_ENV:
+            assert var not in os.environ, f"{var} not restored"
+        tracker.log_iteration(1, {"eval/accuracy": 0.5}, samples=[])  # the next session starts afresh
+    assert [r["iteration"] for r in iteration_rows(read_wandb_offline(run_dir))] == [1]
+
+
 def test_csv_rows_resume_and_relog(sandbox: Path) -> None:
     run_dir = sandbox / "run"
     cfg = LoggerConfig(wandb=False, csv=True)
