@@ -58,6 +58,10 @@ class MethodConfig:
     restart_from_base: bool = True
     # Keep only rationales whose every step checks out (tasks that can check steps).
     keep_only_faithful: bool = False
+    # Keep only completions with at least this many non-empty lines of reasoning before their answer
+    # line (CQA's one-paragraph rationales: sentences), direct and rationalized alike; 0 keeps a bare
+    # "The answer is 67." too.
+    min_rationale_lines: int = 0
     # Answers only: the answers-only few-shot prompt, and answer-only training targets.
     direct: bool = False
     # Where training examples come from: "generated" (STaR: generate, filter, rationalize)
@@ -324,6 +328,7 @@ def inactive_settings(cfg: Any) -> list[str]:
          f"trainer.strategy={cfg.trainer.strategy}"),
         (not slurm_fit, "trainer", TrainerConfig, ("slurm",), "trainer.num_nodes=1, trainer.slurm_launch=false"),
         (cfg.generator.shards == 0, "generator", GeneratorConfig, ("slurm",), "generator.shards=0"),
+        (cfg.method.data == "gold", "method", MethodConfig, ("min_rationale_lines",), "method.data=gold"),
     ]
     out = []
     for off, path, schema, keys, why in rules:
@@ -364,6 +369,8 @@ def validate(cfg: Any) -> None:
     need(cfg.trainer.batch_size > 0, f"trainer.batch_size must be > 0, got {cfg.trainer.batch_size}")
     need(cfg.trainer.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {cfg.trainer.warmup_steps}")
     need(cfg.trainer.optimizer in OPTIMIZERS, f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{cfg.trainer.optimizer}'")
+    need(cfg.method.min_rationale_lines >= 0,
+         f"method.min_rationale_lines must be >= 0 (0 keeps every correct completion), got {cfg.method.min_rationale_lines}")
     need(cfg.method.data in METHOD_DATA, f"method.data must be one of {', '.join(METHOD_DATA)}, got '{cfg.method.data}'")
     need(cfg.generator.batch_size > 0, f"generator.batch_size must be > 0, got {cfg.generator.batch_size}")
     validate_generator_split(cfg, need)

@@ -9,6 +9,10 @@ fit's mean loss over its last quarter of steps (train/loss is the per-step loss,
 <run>/train_steps.csv); fit/final_dev_accuracy the last dev accuracy the generation callback
 measured during the fit, when it ran (fit/dev_accuracy is each of its points, on the global step).
 
+gen/bare_answer_rate/direct and gen/bare_answer_rate/rationalized are the fractions of the kept
+(correct) completions of each kind with no line of reasoning before their answer line (a bare
+" The answer is 67."); absent when none of that kind was kept.
+
 `samples` are the table of example outputs W&B shows: the first dev answers, and the first kept
 direct and rationalized completions. Everything is derived from files already written, so a log
 stage redone after a crash logs exactly what the first try would have.
@@ -36,11 +40,25 @@ def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[di
     kept = [r for r in A.read_jsonl(A.stage_file(run_dir, iteration, "generations.jsonl")) if r["correct"]]
     kept_rat = [r for r in A.read_jsonl(A.stage_file(run_dir, iteration, "rationalizations.jsonl")) if r["correct"]]
     metrics.update(training_metrics(run_dir, iteration, kept + kept_rat))
+    metrics.update(bare_answer_rates(kept, kept_rat))
     for kind, rows in (("direct", kept), ("rationalized", kept_rat)):
         samples += [{"iteration": iteration, "kind": kind, "id": r["id"], "question": r["question"],
                      "gold": r["gold"], "completion": r["completion"], "answer": r["answer"],
                      "correct": r["correct"]} for r in rows[:n_samples]]
     return metrics, samples
+
+
+def bare_answer_rates(kept: list[dict], kept_rat: list[dict]) -> dict:
+    """gen/bare_answer_rate/direct and /rationalized: of the kept (correct) completions of each kind, the
+    fraction with no line of reasoning before their answer line (the row's reasoning_lines is 0). Kept
+    before method.min_rationale_lines filters, so the rate shows what that filter drops. A kind with no
+    kept row that records reasoning_lines (none kept; files written before it was recorded) is absent."""
+    out = {}
+    for kind, rows in (("direct", kept), ("rationalized", kept_rat)):
+        counts = [r["reasoning_lines"] for r in rows if r.get("reasoning_lines") is not None]
+        if counts:
+            out[f"gen/bare_answer_rate/{kind}"] = sum(n == 0 for n in counts) / len(counts)
+    return out
 
 
 def training_metrics(run_dir: Path, iteration: int, kept: list[dict]) -> dict:

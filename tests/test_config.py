@@ -104,6 +104,9 @@ OPTION_KEYS = [
     (["model=tiny", "model.cache_dir=/tmp"], "model=smollm2_135m reads it", []),
     (["model=tiny", "model.lora.r=4"], None, ["model.lora.r=4 (model.lora.enabled=false)"]),
     (["method.restart=false"], "method.restart is not a key of method", []),
+    (["method=direct_finetune", "method.min_rationale_lines=1"], None,
+     ["method.min_rationale_lines=1 (method.data=gold)"]),
+    (["method.min_rationale_lines=1"], None, []),
     (["rationalization=off", "rationalization.p_rationalization=0.5"], None,
      ["rationalization.p_rationalization=0.5 (rationalization.enabled=false)",
       # set by the default experiment, and without effect once rationalization is off

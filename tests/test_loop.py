@@ -296,6 +296,58 @@ def test_faithful_rate_and_keep_only_faithful(tmp_path, only_faithful):
     assert history[1]["data/n_examples"] == (30 - n_odd if only_faithful else 30)
 
 
+class SometimesBare(ScriptedGenerator):
+    """ScriptedGenerator's answers, but a right answer is the answer line alone (no scratchpad) when b is odd."""
+
+    def generate(self, prefix, questions, **kw):
+        out = super().generate(prefix, questions, **kw)
+        for n, q in enumerate(questions):
+            a, b, hint = QUESTION.match(q).groups()
+            if int(b) % 2 and out[n] == scratchpad_for(int(a), int(b)):
+                out[n] = f" The answer is {int(a) + int(b)}.\n\n"
+        return out
+
+
+@pytest.mark.parametrize("min_lines", [0, 1])
+def test_bare_answer_rate_and_min_rationale_lines(tmp_path, min_lines):
+    """gen/bare_answer_rate/* is the fraction of kept completions with no reasoning line before the answer
+    line, direct and rationalized apart; method.min_rationale_lines=1 trains on none of them, 0 on all."""
+    cfg = compose_config(BASE + ["n_iterations=1", f"method.min_rationale_lines={min_lines}"])
+    loop = StarLoop(cfg, tmp_path / "run", make_generator=lambda m, t: SometimesBare([]))
+    history = loop.run()
+    pairs = sums(loop)
+    direct = [ex for ex, s in pairs if s % 3 == 0]
+    rationalized = [ex for ex, s in pairs if s % 3 == 1 and ex.meta["a"] % 2 == 0]
+    bare_direct = [ex for ex in direct if ex.meta["b"] % 2]
+    bare_rat = [ex for ex in rationalized if ex.meta["b"] % 2]
+    assert 0 < len(bare_direct) < len(direct) and 0 < len(bare_rat) < len(rationalized)
+    m = history[1]
+    assert m["gen/bare_answer_rate/direct"] == pytest.approx(len(bare_direct) / len(direct))
+    assert m["gen/bare_answer_rate/rationalized"] == pytest.approx(len(bare_rat) / len(rationalized))
+    d = A.iter_dir(loop.run_dir, 1)
+    kept = [r for name in ("generations.jsonl", "rationalizations.jsonl") for r in A.read_jsonl(d / name)
+            if r["correct"]]
+    assert sorted(r["id"] for r in kept if r["reasoning_lines"] == 0) == sorted(ex.id for ex in bare_direct + bare_rat)
+    train = A.read_jsonl(d / "train.jsonl")
+    bare_ids = {ex.id for ex in bare_direct + bare_rat}
+    if min_lines:
+        assert [r["id"] for r in train] == [r["id"] for r in kept if r["id"] not in bare_ids]
+        assert (m["data/n_direct"], m["data/n_rationalized"]) == (len(direct) - len(bare_direct),
+                                                                  len(rationalized) - len(bare_rat))
+    else:
+        assert [r["id"] for r in train] == [r["id"] for r in kept]
+        assert [r["completion"] for r in train] == [r["completion"] for r in kept]
+
+
+def test_bare_answer_rate_is_absent_where_nothing_was_kept_or_nothing_counted():
+    from star.metrics import bare_answer_rates
+
+    bare, reasoned = {"reasoning_lines": 0}, {"reasoning_lines": 3}
+    assert bare_answer_rates([bare, reasoned, reasoned, reasoned], []) == {"gen/bare_answer_rate/direct": 0.25}
+    assert bare_answer_rates([], [bare]) == {"gen/bare_answer_rate/rationalized": 1.0}
+    assert bare_answer_rates([{"completion": "written before the count was recorded"}], []) == {}
+
+
 @pytest.mark.parametrize("hinted,for_finetuned", [(True, True), (False, True), (True, False)])
 def test_rationalization_prompt_shows_hinted_exemplars(tmp_path, hinted, for_finetuned):
     loop, log = make_loop(tmp_path, ["n_iterations=2", f"rationalization.hinted_prompt={str(hinted).lower()}",

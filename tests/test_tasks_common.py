@@ -5,6 +5,7 @@ behaviour from another class of ours."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import re
@@ -51,6 +52,52 @@ def test_hint_text_is_what_format_question_inserts(name):
     with_hint, without = task.format_question(ex, hint=True), task.format_question(ex)
     assert task.hint_text(ex) in with_hint and task.hint_text(ex) not in without
     assert HINTS[name].sub("", with_hint) == without
+
+
+# ----------------------------------------------------------------------------- lines of reasoning
+
+SCRATCHPAD = " 5+8+0=13\n4+7+1=12\nThe answer is 123.\n\n"
+GSM8K_STEPS = (" After selling, she has 24 - 15 = 9 muffins.\nAfter baking 8 more, she has 9 + 8 = 17 muffins.\n"
+               "The answer is 17.\n\n")
+CQA_PARAGRAPH = (" Milk spoils when it gets warm, so it must go somewhere cold. Of these places, only a refrigerator "
+                 "is made to keep food cold. Therefore, the answer is refrigerator (B).\n\n")
+# (task, completion, lines of reasoning before its answer line)
+REASONING_LINES = [
+    ("arithmetic", SCRATCHPAD, 2),
+    ("arithmetic", " The answer is 67.\n\n", 0),
+    ("arithmetic", " The answer is 67.\n5+8+0=13\nThe answer is 67.\n\n", 0),  # the first answer line counts
+    ("arithmetic", SCRATCHPAD.replace("\n\n", "\n\n5+8+0=13\n"), 2),  # after the stop: not read
+    ("arithmetic", "", 0),
+    ("gsm8k", GSM8K_STEPS, 2),
+    ("gsm8k", " The answer is 67.\n\n", 0),
+    ("gsm8k", " She had 24 - 15 = 9, so the answer is 9.\n\n", 0),  # reasoning on the answer line: not a line before
+    ("gsm8k", " She had 24 - 15 = 9.\nSo she has 17 muffins.\n\n", 1),  # no statement: the last line answers
+    ("gsm8k", " #### 17\nQ: and more\nx\ny\n", 0),  # a new "Q:" line: not this question's
+    ("cqa", CQA_PARAGRAPH, 2),  # one paragraph: its sentences are its lines
+    ("cqa", " The answer is refrigerator (B).\n\n", 0),
+    ("cqa", " Milk must stay cold.\nSo the answer is (B).\n\n", 1),
+    ("reasoning_gym", " 3 * 4 = 12.\n12 + 5 = 17.\nThe answer is 17.\n\n", 2),
+    ("reasoning_gym", " The answer is 67.\n\n", 0),
+]
+
+
+@functools.cache
+def built_task(name):
+    return task_for(name)
+
+
+@pytest.mark.parametrize("name,completion,expected", REASONING_LINES)
+def test_reasoning_lines_before_the_answer_line(name, completion, expected):
+    assert built_task(name).reasoning_lines(completion) == expected
+
+
+@pytest.mark.parametrize("name", sorted(HINTS))
+def test_a_direct_completion_is_a_bare_answer_and_a_gold_rationale_is_not(name):
+    task = built_task(name)
+    examples = task.load("train")[:5]
+    assert all(task.reasoning_lines(task.direct_completion(ex)) == 0 for ex in examples)
+    rationales = [r for r in map(task.gold_rationale, examples) if r is not None]
+    assert all(task.reasoning_lines(r) >= 1 for r in rationales)
 
 
 # ----------------------------------------------------------------------------- config schemas

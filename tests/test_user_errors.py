@@ -203,6 +203,8 @@ CASES = [
          "star: error: sampling.top_p must be in (0, 1], got 0.0"),
     Case("config-p-rationalization-above-1", "config", ["rationalization.p_rationalization=2"],
          "star: error: rationalization.p_rationalization must be in [0, 1], got 2.0"),
+    Case("config-negative-min-rationale-lines", "config", ["method.min_rationale_lines=-1"],
+         "star: error: method.min_rationale_lines must be >= 0 (0 keeps every correct completion), got -1"),
     Case("config-unknown-schedule-mode", "config", ["schedule.mode=cosine"],
          "star: error: schedule.mode must be one of exponential, linear, epoch, got 'cosine'"),
     Case("config-zero-base-steps", "config", ["schedule.base_steps=0"],

@@ -38,12 +38,14 @@ def run_pass(ctx: StageContext, iteration: int, name: str, ref: ModelRef, prefix
 
 
 def answer_rows(ctx: StageContext, examples: list[Example], completions: list[str]) -> tuple[list[dict], int]:
-    """One line of generations.jsonl / rationalizations.jsonl per answer (the answer as the task reads
-    it), and how many of them the task's scorer raised on (scored wrong). Counting those is optional in
-    the Task protocol (an int attribute `scorer_errors`): 0 for a task whose verifier cannot raise."""
+    """One line of generations.jsonl / rationalizations.jsonl per answer (the answer as the task reads it;
+    reasoning_lines: the lines written before the answer line, 0 for a bare answer), and how many of them
+    the task's scorer raised on (scored wrong). Counting those is optional in the Task protocol (an int
+    attribute `scorer_errors`): 0 for a task whose verifier cannot raise."""
     task = ctx.task
     errors_before = int(getattr(task, "scorer_errors", 0))
     rows = [{"id": ex.id, "question": ex.question, "gold": ex.answer, "completion": c,
-             "answer": task.extract_answer(c), "correct": task.is_correct(ex, c), "faithful": task.is_faithful(ex, c)}
+             "answer": task.extract_answer(c), "correct": task.is_correct(ex, c), "faithful": task.is_faithful(ex, c),
+             "reasoning_lines": task.reasoning_lines(c)}
             for ex, c in zip(examples, completions)]
     return rows, int(getattr(task, "scorer_errors", 0)) - errors_before

@@ -46,14 +46,19 @@ def scheduled_steps(schedule_cfg, iteration: int, n_examples: int, batch_size: i
 
 def kept_examples(ctx: StageContext, iteration: int) -> tuple[list[dict], int, int]:
     """(training rows, n direct, n rationalized): the filter. Rows are {id, source, prompt, completion};
-    the prompt is the question without the hint, so the hint never reaches training. method.data=gold
-    trains on every question's gold completion instead."""
+    the prompt is the question without the hint, so the hint never reaches training. method.min_rationale_lines
+    > 0 keeps only completions with at least that many lines of reasoning before their answer line.
+    method.data=gold trains on every question's gold completion instead."""
     direct, rationalized = (
         [r for r in A.read_jsonl(A.stage_file(ctx.run_dir, iteration, name)) if r["correct"]]
         for name in ("generations.jsonl", "rationalizations.jsonl"))
     if ctx.cfg.method.keep_only_faithful:
         direct = [r for r in direct if r["faithful"] is not False]
         rationalized = [r for r in rationalized if r["faithful"] is not False]
+    min_lines = ctx.cfg.method.min_rationale_lines
+    if min_lines > 0:
+        direct, rationalized = ([r for r in rows if reasoning_lines(ctx, r) >= min_lines]
+                                for rows in (direct, rationalized))
     questions = ctx.train_questions(iteration)
     if ctx.cfg.method.data == "gold":
         write = ctx.task.direct_completion if ctx.cfg.method.direct else ctx.task.gold_rationale
@@ -65,6 +70,13 @@ def kept_examples(ctx: StageContext, iteration: int) -> tuple[list[dict], int, i
              "completion": r["completion"]}
             for source, kept in (("direct", direct), ("rationalized", rationalized)) for r in kept]
     return rows, len(direct), len(rationalized)
+
+
+def reasoning_lines(ctx: StageContext, row: dict) -> int:
+    """A generations/rationalizations row's lines of reasoning before its answer line (rows written before
+    they were recorded: counted now, by the task)."""
+    n = row.get("reasoning_lines")
+    return ctx.task.reasoning_lines(row["completion"]) if n is None else n
 
 
 def train(ctx: StageContext, iteration: int) -> dict:

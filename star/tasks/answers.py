@@ -5,6 +5,7 @@ Plain functions that a task calls with its own stop string, marker regex and exe
     region = answer_region(completion, STOP)                     # what answers this question
     region, finished = answer_region_finished(completion, STOP)  # ... and whether the model ended it
     statements = answer_statements(region, MARKER_RE)            # "the answer is X." -> ["X"]
+    n = reasoning_lines(region, MARKER_RE.search)                # lines written before the answer line
     for n, m in enumerate(exemplar_matches(text, STOP, EXEMPLAR_RE, label="CQA few-shot exemplar",
                                            shape="Q: ...", no_exemplars="the CQA ..."), 1):
         ...                                                      # check exemplar n, then the next
@@ -15,6 +16,10 @@ Decisions worth knowing:
 - A statement runs from the end of its marker to the end of its sentence: . ! ? or ; followed
   by whitespace or the end of the line. So "1.5", "$1.50" and "st.louis" read whole (but
   "e.g. this" ends after "e.g").
+- The answer line of a completion is the first line stating an answer (its task's marker), else
+  its last non-empty line; the lines of reasoning are the non-empty lines before it. A line that
+  reasons and answers at once ("9 + 8 = 17, so the answer is 17.") is the answer line: it counts 0.
+  CQA writes its rationale as one paragraph, so there a sentence counts as a line (sentence_lines).
 - Few-shot files are blocks separated by the stop string (a blank line); blocks are
   stripped and empty ones dropped, so extra blank lines between exemplars do no harm.
 """
@@ -22,7 +27,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 # The model began a new exemplar: what follows answers some other question.
 NEW_QUESTION_RE = re.compile(r"^\s*Q:", re.MULTILINE)
@@ -67,6 +72,22 @@ def answer_statements(region: str, marker_re: re.Pattern[str], lead: str = "") -
             end = SENTENCE_END_RE.search(rest)
             out.append((rest[: end.start()] if end else rest).strip())
     return out
+
+
+def reasoning_lines(region: str, is_answer_line: Callable[[str], object]) -> int:
+    """The non-empty lines of `region` before its answer line: the first line is_answer_line accepts, else
+    the last non-empty line. 0 for an answer alone (" The answer is 67.") and for an empty region."""
+    lines = [line for line in region.split("\n") if line.strip()]
+    for n, line in enumerate(lines):
+        if is_answer_line(line):
+            return n
+    return max(len(lines) - 1, 0)
+
+
+def sentence_lines(region: str) -> str:
+    """The region with a line break after each sentence end: one sentence a line, for tasks whose
+    rationales are one paragraph (CQA), so reasoning_lines counts their sentences."""
+    return SENTENCE_END_RE.sub(lambda m: m.group(0) + "\n", region)
 
 
 def exemplar_matches(text: str, stop: str, block_re: re.Pattern[str], *, label: str, shape: str,

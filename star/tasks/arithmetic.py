@@ -179,6 +179,12 @@ def extract_answer(completion: str) -> str | None:
     return str(found.pop())
 
 
+def reasoning_lines(completion: str) -> int:
+    """The non-empty lines before the first answer line ("The answer is ..."), before the first stop."""
+    return answers.reasoning_lines(answers.before_stop(completion, STOP),
+                                   lambda line: _ANSWER_PREFIX_RE.match(line.strip()))
+
+
 def faithfulness_error(a: int, b: int, completion: str) -> str | None:
     """The first wrong or malformed line of a scratchpad for a + b, or None if every
     step is right (and so is the answer). Only text before the first stop is read."""
@@ -437,6 +443,9 @@ class ArithmeticTask:
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_answer(completion)
+
+    def reasoning_lines(self, completion: str) -> int:
+        return reasoning_lines(completion)
 
     def is_correct(self, example: Example, completion: str) -> bool:
         got = extract_answer(completion)

@@ -94,6 +94,12 @@ class Task(Protocol):
     def extract_answer(self, completion: str) -> str | None:
         """The final answer written in a completion, or None if there is none."""
 
+    def reasoning_lines(self, completion: str) -> int:
+        """The non-empty lines the completion writes before its answer line (the first line stating an
+        answer, by the marker extract_answer reads; else its last non-empty line): 0 for an answer alone.
+        Each task calls star.tasks.answers.reasoning_lines with its own answer region and marker; a task
+        whose rationales are one paragraph (CQA) counts sentences as lines."""
+
     def is_correct(self, example: Example, completion: str) -> bool:
         """Whether the completion's final answer equals the gold answer."""
 

@@ -215,6 +215,14 @@ def extract_answer(completion: str) -> str | None:
     return statements[-1] if statements else None
 
 
+def reasoning_lines(completion: str) -> int:
+    """The sentences before the first one with an answer marker, in the part that answers this question. A CQA
+    rationale is one paragraph ("Milk spoils when warm. ... Therefore, the answer is refrigerator (B)."), so
+    its sentences are its lines: that one has 2."""
+    return answers.reasoning_lines(answers.sentence_lines(answers.answer_region(completion, STOP)),
+                                   _MARKER_RE.search)
+
+
 # ----------------------------------------------------------------------------- data
 
 def _row_problems(row: dict) -> list[str]:
@@ -362,6 +370,9 @@ class CqaTask:
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_answer(completion)
+
+    def reasoning_lines(self, completion: str) -> int:
+        return reasoning_lines(completion)
 
     def choice_of(self, example: Example, completion: str) -> str | None:
         return choice_of(completion, example.meta["labels"], example.meta["texts"])

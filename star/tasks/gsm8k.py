@@ -262,6 +262,12 @@ def extract_answer(completion: str) -> str | None:
     return None if v is None else canonical(v)
 
 
+def reasoning_lines(completion: str) -> int:
+    """The non-empty lines before the first answer statement's line (with none, the last line), in the part
+    that answers this question."""
+    return answers.reasoning_lines(answers.answer_region(completion, STOP), _MARKER_RE.search)
+
+
 # ----------------------------------------------------------------------------- data
 
 def split_solution(answer: str) -> tuple[list[str], str]:
@@ -476,6 +482,9 @@ class Gsm8kTask:
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_answer(completion)
+
+    def reasoning_lines(self, completion: str) -> int:
+        return reasoning_lines(completion)
 
     def is_correct(self, example: Example, completion: str) -> bool:
         got = answer_value(completion)

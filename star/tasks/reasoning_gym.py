@@ -168,6 +168,11 @@ def extract_answer(completion: str) -> str | None:
     return answer or None
 
 
+def reasoning_lines(completion: str) -> int:
+    """The non-empty lines before the first "The answer is" line, in the part that answers this question."""
+    return answers.reasoning_lines(answers.answer_region(completion, STOP), _ANSWER_RE.search)
+
+
 def rationale_steps(entry: dict) -> list[str] | None:
     """The entry's own worked solution as steps (one a line), or None when it has none."""
     meta = entry.get("metadata") or {}
@@ -281,6 +286,9 @@ class ReasoningGymTask:
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_answer(completion)
+
+    def reasoning_lines(self, completion: str) -> int:
+        return reasoning_lines(completion)
 
     def score(self, example: Example, answer: str | None) -> float:
         """reasoning_gym's own score of an extracted answer (0.0 for None)."""
