@@ -474,7 +474,7 @@ def git_commit() -> str:
 def report(result: Result, command: str) -> str:
     by_stage: dict[str, int] = {}
     for k in result.kills:
-        key = k.stage.split(":")[0]
+        key = k.stage.split(" [")[0].split(":")[0]  # the stage, without the file being written or the code
         by_stage[key] = by_stage.get(key, 0) + 1
     lines = [
         "# Kill anywhere: random outside SIGKILLs of the real CLI, resumed, compared",

@@ -836,7 +836,7 @@ def plot_loss(groups: list[Group], path: Path) -> bool:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color_of = ((lambda it: cycle[(it - 1) % len(cycle)]) if last <= len(cycle)
                 else (lambda it: plt.get_cmap("viridis")(0.9 * (it - 1) / (last - 1))))  # not the pale yellow end
-    fig, axes = _grid(plt, len(panels), 4.4, 3.0)
+    fig, axes = _grid(plt, len(panels), 5.4, 3.2)
     legend: dict[int, object] = {}
     any_dev = False
     for panel, ax in zip(panels, axes):
@@ -868,10 +868,10 @@ def plot_loss(groups: list[Group], path: Path) -> bool:
         handles.append(plt.Line2D([], [], marker="D", linestyle="none", markerfacecolor="none",
                                   markeredgecolor="black", markersize=4))
         labels.append("dev acc (fit)")
-    fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
-    fig.suptitle("Training loss per step (train/loss); dev accuracy during the fit (fit/dev_accuracy)",
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    # The legend right of the panels, clear of the dev axis; a title that fits one panel's width.
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.suptitle("Loss per step; dev accuracy during the fit", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.83, 0.94))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
