@@ -10,6 +10,7 @@ whole run through the CLI.
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 import shutil
@@ -23,6 +24,7 @@ from star import artifacts as A
 from star.config import ConfigError, validate
 from star.preflight import preflight
 from star.slurm import final_states
+from star.tracking import GLOBAL_STEP, read_wandb_offline, step_rows
 from star.training import slurm as T
 from tests.conftest import compose_config, run_star
 
@@ -171,10 +173,11 @@ def test_failed_training_job_names_itself_and_its_log(slurm_cluster, tmp_path):
 @pytest.mark.slurm
 def test_a_run_trains_as_one_slurm_job(slurm_cluster, tmp_path):
     """The whole CLI with a 2-task training job: the train marker records the job, M(1) is where the loop
-    keeps it, and the run completes."""
+    keeps it, the job's per-step rows reach train_steps.csv and the loop's W&B run, and the run completes."""
     run = tmp_path / "run"
     start = time.monotonic()
-    proc = run_star([*cluster_point(slurm_cluster), f"hydra.run.dir={run}"])
+    with_wandb = [a for a in cluster_point(slurm_cluster) if a != "logger=none"]  # W&B offline: the default
+    proc = run_star([*with_wandb, f"hydra.run.dir={run}"])
     print(f"[slurm] run with a 2-task training job took {time.monotonic() - start:.0f} s")
     logs = "".join(p.read_text(errors="replace") for p in sorted(run.rglob("slurm_train/**/*_log.*")))
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-3000:]
@@ -185,6 +188,12 @@ def test_a_run_trains_as_one_slurm_job(slurm_cluster, tmp_path):
     assert train["checkpoint"] == "iter_01/checkpoint" and train["steps"] > 0 and train["loss"] is not None
     assert json.loads((run / "iter_01" / "slurm_train.json").read_text())["job_id"] == setup["slurm_job_id"]
     assert list((run / "iter_01" / "checkpoint").glob("*.safetensors"))
+    # The job's rank 0 wrote the per-step rows; the loop kept them and forwarded them to its W&B run.
+    with A.train_steps_csv(run).open(newline="") as f:
+        steps = [int(r["global_step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(1, train["steps"] + 1))
+    logged = [int(r[GLOBAL_STEP]) for r in step_rows(read_wandb_offline(run)) if "train/loss" in r]
+    assert logged == steps
 
 
 @pytest.mark.slurm
