@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -136,15 +135,17 @@ def test_forwarder_hands_over_whole_lines_only_and_drains_at_exit(tmp_path):
 
 def test_forwarder_sink_errors_stop_forwarding_not_the_fit(tmp_path):
     path = tmp_path / "steps.jsonl"
-    path.write_text('{"global_step": 1}\n')
+    path.write_text('{"global_step": 1}\n{"global_step": 2}\n')
+    calls = []
 
     def sink(row):
+        calls.append(row)
         raise RuntimeError("W&B is down")
 
     with StepForwarder(path, sink, poll_s=0.01) as forwarder:
         time.sleep(0.05)
     assert isinstance(forwarder.error, RuntimeError)
-    assert threading.active_count() >= 1
+    assert calls == [{"global_step": 1}], "forwarding stops at the first sink error"
 
 
 def test_merge_replaces_one_iterations_rows_and_joins_dev_points(tmp_path):

@@ -2,9 +2,9 @@
 
 GenerationCallback: dev accuracy during fine-tuning, through the framework-free engine.
 Lightning only tells it when; `evaluate_fn(model) -> dict` (built by the loop from the
-generator, the task and a dev subset) does the generating and scoring. Results are
-kept in `history` and handed to `report(step, result)` (the train stage sends them to the
-per-step rows: fit/dev_accuracy in W&B and train_steps.csv).
+generator, the task and a dev subset) does the generating and scoring. Each result goes to
+`report(step, result)` (the train stage sends them to the per-step rows: fit/dev_accuracy in
+W&B and train_steps.csv, and the train marker's dev_curve).
 
 TrainProgress: the fit's progress (`iter 1 train: step 12/40`, loss, tokens per second) through
 star/progress.py, in place of Lightning's own bar (which reads `Epoch 2/-2` for a run of max_steps).
@@ -28,7 +28,6 @@ class GenerationCallback(L.Callback):
         self.every_n_steps = every_n_steps
         self.at_fit_end = at_fit_end
         self.report = report  # (step, result): e.g. StepLog.dev_point, which W&B gets live
-        self.history: list[dict] = []
 
     def _run(self, trainer, pl_module) -> None:
         # Under DDP every rank holds the whole model: rank 0 generates, the others wait for it.
@@ -36,7 +35,6 @@ class GenerationCallback(L.Callback):
             was_training = pl_module.model.training
             result = self.evaluate_fn(pl_module.model)
             pl_module.model.train(was_training)
-            self.history.append({"step": trainer.global_step, **result})
             if self.report is not None:
                 self.report(trainer.global_step, result)
         if trainer.world_size > 1:
