@@ -67,6 +67,9 @@ RUNS = {
                 "generator.progress=false"],
     "tiny": ["~experiment", "model=tiny", "debug=fast", "n_iterations=2"],
 }
+# The same with four samples per question at temperature 0.7 (issue 16: sampling.num_samples).
+SAMPLES = ["sampling=temperature", "sampling.num_samples=4"]
+RUNS.update({f"{name}_samples": [*args, *SAMPLES] for name, args in list(RUNS.items())})
 KINDS = {"uniform": 0.6, "checkpoint": 0.2, "wandb": 0.2}
 POLL_S = 0.02
 TIMING_KEYS = ("seconds",)

@@ -62,6 +62,9 @@ class MethodConfig:
     # line (CQA's one-paragraph rationales: sentences), direct and rationalized alike; 0 keeps a bare
     # "The answer is 67." too.
     min_rationale_lines: int = 0
+    # With sampling.num_samples = k > 1: keep up to this many distinct correct completions of a question
+    # (distinct after whitespace is normalized), in sample order; 1 keeps one example per question.
+    max_kept_per_question: int = 1
     # Answers only: the answers-only few-shot prompt, and answer-only training targets.
     direct: bool = False
     # Where training examples come from: "generated" (STaR: generate, filter, rationalize)
@@ -90,6 +93,9 @@ class SamplingConfig:
     # 0 means greedy; any positive value samples (dev evaluation is always greedy).
     temperature: float = 0.0
     top_p: float = 1.0
+    # Completions per training question in each pass (generate, rationalize), each with its own seed;
+    # k > 1 needs temperature > 0 (greedy would write k copies). 1: one completion, the paper's STaR.
+    num_samples: int = 1
 
 
 SCHEDULE_MODES = ("exponential", "linear", "epoch")
@@ -329,6 +335,8 @@ def inactive_settings(cfg: Any) -> list[str]:
         (not slurm_fit, "trainer", TrainerConfig, ("slurm",), "trainer.num_nodes=1, trainer.slurm_launch=false"),
         (cfg.generator.shards == 0, "generator", GeneratorConfig, ("slurm",), "generator.shards=0"),
         (cfg.method.data == "gold", "method", MethodConfig, ("min_rationale_lines",), "method.data=gold"),
+        (cfg.sampling.num_samples == 1 or cfg.method.data == "gold", "method", MethodConfig,
+         ("max_kept_per_question",), "one completion per question: sampling.num_samples=1 or method.data=gold"),
     ]
     out = []
     for off, path, schema, keys, why in rules:
@@ -360,6 +368,14 @@ def validate(cfg: Any) -> None:
         need(False, problem)
     need(cfg.sampling.temperature >= 0, f"sampling.temperature must be >= 0 (0 = greedy), got {cfg.sampling.temperature}")
     need(0 < cfg.sampling.top_p <= 1, f"sampling.top_p must be in (0, 1], got {cfg.sampling.top_p}")
+    k = cfg.sampling.num_samples
+    need(k >= 1, f"sampling.num_samples must be >= 1 (completions per question and pass), got {k}")
+    need(k == 1 or cfg.sampling.temperature > 0,
+         f"sampling.num_samples={k} needs sampling.temperature > 0: greedy decoding writes the same completion "
+         f"{k} times; add sampling=temperature (0.7) or sampling.temperature=0.7")
+    need(cfg.method.max_kept_per_question >= 1,
+         f"method.max_kept_per_question must be >= 1 (distinct correct completions kept per question), "
+         f"got {cfg.method.max_kept_per_question}")
     p = cfg.rationalization.p_rationalization
     need(0 <= p <= 1, f"rationalization.p_rationalization must be in [0, 1], got {p}")
     need(cfg.schedule.mode in SCHEDULE_MODES, f"schedule.mode must be one of {', '.join(SCHEDULE_MODES)}, got '{cfg.schedule.mode}'")

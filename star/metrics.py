@@ -3,6 +3,13 @@
     metrics, samples = iteration_metrics(run_dir, 1, n_samples=8)
     metrics["eval/accuracy"], metrics["test/accuracy"], metrics["gen/solve_rate"], metrics["data/train_fraction"]
 
+gen/solve_rate is the fraction of training questions with at least one correct completion among their
+sampling.num_samples (k); gen/sample_accuracy the fraction of all k x N completions that are correct
+(the two are equal for k = 1); gen/rationalized_rate the fraction of questions solved with the hint;
+gen/unique_kept the distinct correct completions that passed the keep filters (whitespace-normalized,
+before method.max_kept_per_question caps them); data/train_fraction the questions with at least one
+kept example over N, data/n_examples the examples (up to max_kept_per_question per question).
+
 eval/* is the dev split (every selection reads it), test/* the test split (reported only; absent
 when the task has no test split); eval/n and test/n count their questions. train/final_loss is the
 fit's mean loss over its last quarter of steps (train/loss is the per-step loss, in
@@ -65,14 +72,19 @@ def training_metrics(run_dir: Path, iteration: int, kept: list[dict]) -> dict:
     """gen/*, data/*, train/*, fit/*, perf/* and time/* of an iteration's generate, rationalize and train stages."""
     gen, rat, train = (A.read_done(run_dir, iteration, stage) for stage in ("generate", "rationalize", "train"))
     n = gen["n_questions"]
+    # Markers written before sampling.num_samples existed hold one completion per question: n_correct
+    # counted questions then.
+    n_completions = gen.get("n_completions", n)
     metrics = {
-        "gen/solve_rate": gen["n_correct"] / n,
-        "gen/rationalized_rate": rat["n_correct"] / n,
+        "gen/solve_rate": gen.get("n_solved", gen["n_correct"]) / n,
+        "gen/sample_accuracy": gen["n_correct"] / n_completions if n_completions else 0.0,
+        "gen/rationalized_rate": rat.get("n_solved", rat["n_correct"]) / n,
         "gen/hint_leaked": rat["n_hint_leaked"],
         # Answers (direct and rationalized) whose scoring raised and were scored wrong; markers written
         # before this count existed read as 0.
         "gen/scorer_errors": gen.get("n_scorer_errors", 0) + rat.get("n_scorer_errors", 0),
-        "data/train_fraction": train["n_examples"] / n,
+        "gen/unique_kept": train.get("n_unique", train["n_examples"]),
+        "data/train_fraction": train.get("n_kept_questions", train["n_examples"]) / n,
         "data/n_examples": train["n_examples"],
         "data/n_direct": train["n_direct"],
         "data/n_rationalized": train["n_rationalized"],

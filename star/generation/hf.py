@@ -18,6 +18,9 @@ How it saves work:
   into each row is most of a CPU decode step.
 - Sampling is seeded per question (seeds[i]), so a completion does not depend on
   which other questions share its batch. temperature 0 is greedy.
+- Equal questions in one call (the k samples of a question, sampling.num_samples) are
+  next to each other after the sort; within a batch their prompt is encoded once and its
+  cache copied to each sample's row.
 """
 
 from __future__ import annotations
@@ -122,6 +125,20 @@ def _preallocated(cache, batch: int, extra: int):
     return out
 
 
+def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """(the first row of each distinct token sequence, for every row the position of its sequence in
+    that list): rows [a, a, b, a] give ([0, 2], [0, 0, 1, 0])."""
+    first_of: dict[tuple[int, ...], int] = {}
+    distinct, copy_from = [], []
+    for r, ids in enumerate(rows):
+        key = tuple(ids)
+        if key not in first_of:
+            first_of[key] = len(distinct)
+            distinct.append(r)
+        copy_from.append(first_of[key])
+    return distinct, copy_from
+
+
 class HFGenerator:
     def __init__(self, model, tokenizer, batch_size: int = 16, reuse_prefix: bool = True, progress: bool = True):
         self.model = model
@@ -196,13 +213,18 @@ class HFGenerator:
 
     def _generate_batch(self, prefix_ids, prefix_cache, question_ids, seeds, max_new_tokens, stop, temperature, top_p, device):
         n = len(question_ids)
+        # Rows asking the same question (its k samples, sampling.num_samples) are encoded once: the first
+        # step runs on the distinct rows, then their cache and logits are copied to every row sharing them.
+        distinct, copy_from = distinct_rows(question_ids)
+        shared = len(distinct) < n
+        n_first = len(distinct) if shared else n
         if prefix_cache is not None:
             rows = question_ids
             width = max(len(r) for r in rows)
-            cache = _preallocated(prefix_cache, n, width + max_new_tokens)
+            cache = _preallocated(prefix_cache, n_first, width + max_new_tokens)
             if cache is None:
                 cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(n)
+                cache.batch_repeat_interleave(n_first)
             n_cached = len(prefix_ids)
         else:
             rows = [prefix_ids + q for q in question_ids]
@@ -225,13 +247,24 @@ class HFGenerator:
         for step in range(max_new_tokens):
             # Positions count only real tokens, so left padding does not shift them.
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                             cache=cache, use_cache=True)
+            first_shared = step == 0 and shared
+            if first_shared:
+                idx = torch.tensor(distinct, device=device)
+                out = self.model(input_ids=step_ids[idx], attention_mask=mask[idx], position_ids=positions[idx],
+                                 cache=cache, use_cache=True)
+            else:
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                 cache=cache, use_cache=True)
             cache = out.cache
             if step == 0 and n_cached == 0:
                 # No prefix: the prompt's own cache gets room for the new tokens.
-                cache = _preallocated(cache, n, max_new_tokens) or cache
-            next_ids = _sample(out.logits[:, -1, :], temperature, top_p, [generators[r] for r in alive])
+                cache = _preallocated(cache, n_first, max_new_tokens) or cache
+            logits = out.logits[:, -1, :]
+            if first_shared:
+                spread = torch.tensor(copy_from, device=device)
+                cache.batch_select_indices(spread)
+                logits = logits[spread]
+            next_ids = _sample(logits, temperature, top_p, [generators[r] for r in alive])
             keep = []
             for b, r in enumerate(alive):
                 tok = int(next_ids[b])

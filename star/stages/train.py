@@ -44,11 +44,16 @@ def scheduled_steps(schedule_cfg, iteration: int, n_examples: int, batch_size: i
     raise ValueError(f"schedule.mode must be exponential, linear or epoch, got '{schedule_cfg.mode}'")
 
 
-def kept_examples(ctx: StageContext, iteration: int) -> tuple[list[dict], int, int]:
-    """(training rows, n direct, n rationalized): the filter. Rows are {id, source, prompt, completion};
-    the prompt is the question without the hint, so the hint never reaches training. method.min_rationale_lines
-    > 0 keeps only completions with at least that many lines of reasoning before their answer line.
-    method.data=gold trains on every question's gold completion instead."""
+def kept_examples(ctx: StageContext, iteration: int) -> tuple[list[dict], dict]:
+    """(training rows, counts): the filter. Rows are {id, source, prompt, completion}; the prompt is the
+    question without the hint, so the hint never reaches training. method.keep_only_faithful keeps only
+    faithful completions; method.min_rationale_lines > 0 only completions with at least that many lines of
+    reasoning before their answer line; of a question's sampling.num_samples completions, up to
+    method.max_kept_per_question distinct ones are kept (`distinct_completions`). method.data=gold trains
+    on every question's gold completion instead.
+
+    counts: n_direct and n_rationalized (examples kept of each kind), n_kept_questions (questions with at
+    least one example) and n_unique (distinct correct completions before the per-question cap)."""
     direct, rationalized = (
         [r for r in A.read_jsonl(A.stage_file(ctx.run_dir, iteration, name)) if r["correct"]]
         for name in ("generations.jsonl", "rationalizations.jsonl"))
@@ -59,17 +64,39 @@ def kept_examples(ctx: StageContext, iteration: int) -> tuple[list[dict], int, i
     if min_lines > 0:
         direct, rationalized = ([r for r in rows if reasoning_lines(ctx, r) >= min_lines]
                                 for rows in (direct, rationalized))
+    cap = ctx.cfg.method.max_kept_per_question
+    (direct, n_unique_direct), (rationalized, n_unique_rat) = (distinct_completions(rows, cap)
+                                                               for rows in (direct, rationalized))
+    counts = {"n_direct": len(direct), "n_rationalized": len(rationalized), "n_unique": n_unique_direct + n_unique_rat}
     questions = ctx.train_questions(iteration)
     if ctx.cfg.method.data == "gold":
         write = ctx.task.direct_completion if ctx.cfg.method.direct else ctx.task.gold_rationale
         rows = [{"id": ex.id, "source": "gold", "prompt": ctx.task.format_question(ex), "completion": write(ex)}
                 for ex in questions]
-        return rows, len(direct), len(rationalized)
+        return rows, {**counts, "n_kept_questions": len(rows)}
     by_id = {ex.id: ex for ex in questions}
     rows = [{"id": r["id"], "source": source, "prompt": ctx.task.format_question(by_id[r["id"]]),
              "completion": r["completion"]}
             for source, kept in (("direct", direct), ("rationalized", rationalized)) for r in kept]
-    return rows, len(direct), len(rationalized)
+    return rows, {**counts, "n_kept_questions": len({r["id"] for r in rows})}
+
+
+def distinct_completions(rows: list[dict], cap: int) -> tuple[list[dict], int]:
+    """(kept, n distinct): of each question's rows (in sample order), the first `cap` whose completions
+    differ after whitespace is normalized; n distinct counts every distinct completion before the cap.
+    Rows of one question need not be adjacent; the kept rows keep their file order."""
+    seen: dict[str, set[str]] = {}
+    kept, n_distinct = [], 0
+    for r in rows:
+        texts = seen.setdefault(r["id"], set())
+        text = " ".join(r["completion"].split())
+        if text in texts:
+            continue
+        texts.add(text)
+        n_distinct += 1
+        if len(texts) <= cap:
+            kept.append(r)
+    return kept, n_distinct
 
 
 def reasoning_lines(ctx: StageContext, row: dict) -> int:
@@ -80,9 +107,9 @@ def reasoning_lines(ctx: StageContext, row: dict) -> int:
 
 
 def train(ctx: StageContext, iteration: int) -> dict:
-    rows, n_direct, n_rationalized = kept_examples(ctx, iteration)
+    rows, kept_counts = kept_examples(ctx, iteration)
     A.write_jsonl(A.stage_file(ctx.run_dir, iteration, "train.jsonl"), rows)
-    counts = {"n_examples": len(rows), "n_direct": n_direct, "n_rationalized": n_rationalized}
+    counts = {"n_examples": len(rows), **kept_counts}
     start = BASE if ctx.cfg.method.restart_from_base else model_ref(ctx.run_dir, iteration - 1)
     if not rows or not ctx.cfg.method.train:
         # Nothing kept (or a method that never trains): M(n) is the start model.
