@@ -11,10 +11,13 @@ before method.max_kept_per_question caps them); data/train_fraction the question
 kept example over N, data/n_examples the examples (up to max_kept_per_question per question).
 
 eval/* is the dev split (every selection reads it), test/* the test split (reported only; absent
-when the task has no test split); eval/n and test/n count their questions. train/final_loss is the
-fit's mean loss over its last quarter of steps (train/loss is the per-step loss, in
-<run>/train_steps.csv); fit/final_dev_accuracy the last dev accuracy the generation callback
-measured during the fit, when it ran (fit/dev_accuracy is each of its points, on the global step).
+when the task has no test split); eval/n and test/n count their questions. Each of the task's extra
+evaluation splits (eval.json's `eval_splits`, e.g. arithmetic's ood from task.ood_digits) gets
+<name>/accuracy, <name>/n and <name>/accuracy/<class> the same way: reported only, absent without
+one. train/final_loss is the fit's mean loss over its last quarter of steps (train/loss is the
+per-step loss, in <run>/train_steps.csv); fit/final_dev_accuracy the last dev accuracy the
+generation callback measured during the fit, when it ran (fit/dev_accuracy is each of its points,
+on the global step).
 
 gen/bare_answer_rate/direct and gen/bare_answer_rate/rationalized are the fractions of the kept
 (correct) completions of each kind with no line of reasoning before their answer line (a bare
@@ -35,8 +38,10 @@ from star import artifacts as A
 def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[dict, list[dict]]:
     ev = A.read_json(A.stage_file(run_dir, iteration, "eval.json"))
     metrics: dict = {"iteration": iteration}
-    # eval/* is dev (what selection reads); test/* is the reported split, when the task has one.
-    for prefix, split in (("eval", ev), ("test", ev.get("test"))):
+    # eval/* is dev (what selection reads); test/* is the reported split, when the task has one; then the
+    # task's extra evaluation splits (e.g. ood/*), reported like test.
+    extra = [(name, ev[name]) for name in ev.get("eval_splits", [])]
+    for prefix, split in [("eval", ev), ("test", ev.get("test")), *extra]:
         if split is not None:
             metrics.update({f"{prefix}/accuracy": split["accuracy"], f"{prefix}/n": split["n"]})
             metrics.update({f"{prefix}/accuracy/{cls}": acc for cls, acc in split["per_class"].items()})

@@ -14,7 +14,8 @@ step, written during each fit; absent in older runs) feeds the loss plot.
 
 Written to --out (default: `report/` inside the first PATH):
     report.md       the summary table (runs grouped over seeds: test accuracy, the headline, and dev
-                    accuracy with mean, std and 95% interval; the paper's GPT-J numbers beside), the
+                    accuracy with mean, std and 95% interval, and the same for each extra evaluation
+                    split the runs report, e.g. arithmetic's ood; the paper's GPT-J numbers beside), the
                     paired differences against --baseline, then each run's iteration-by-iteration table
     report.csv      the summary table, numbers unformatted
     runs.csv        one row per run: the values the summary averages
@@ -60,20 +61,33 @@ def _secs(x) -> str:
 
 def iteration_table(history: list[dict]) -> str:
     """A Markdown table: iteration, solve rate, rationalized, train fraction, dev accuracy overall
-    and per class, test accuracy (when the task has a test split), and stage times (seconds)."""
+    and per class, test accuracy (when the task has a test split), the accuracy on each extra
+    evaluation split (e.g. "ood acc %", when the run has one), and stage times (seconds)."""
     classes = _classes(history)
     has_test = any("test/accuracy" in h for h in history)
+    extras = extra_splits([history])
     stages = ("generate", "rationalize", "train", "eval")
     header = (["iter", "solve %", "rationalized %", "train data %", "dev acc %"]
-              + [f"dev {c} %" for c in classes] + (["test acc %"] if has_test else []) + [f"{s} s" for s in stages])
+              + [f"dev {c} %" for c in classes] + (["test acc %"] if has_test else [])
+              + [f"{name} acc %" for name in extras] + [f"{s} s" for s in stages])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for h in history:
         cells = [str(h["iteration"]), _pct(h.get("gen/solve_rate")), _pct(h.get("gen/rationalized_rate")),
                  _pct(h.get("data/train_fraction")), _pct(h.get("eval/accuracy"))]
         cells += [_pct(h.get(f"eval/accuracy/{c}")) for c in classes] + ([_pct(h.get("test/accuracy"))] if has_test else [])
+        cells += [_pct(h.get(f"{name}/accuracy")) for name in extras]
         cells += [_secs(h.get(f"time/{s}_s")) for s in stages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def extra_splits(histories: list[list[dict]]) -> list[str]:
+    """The extra evaluation splits (star/tasks/base.py's eval_splits, e.g. arithmetic's "ood") that some
+    iteration of these histories reports, by their <name>/accuracy key: every such key but eval's and
+    test's. Sorted; [] when there is none, and then no table gains a column."""
+    names = {key.split("/")[0] for history in histories for h in history for key in h
+             if key.count("/") == 1 and key.endswith("/accuracy")}
+    return sorted(names - {"eval", "test"})
 
 
 def _classes(history: list[dict]) -> list[str]:
@@ -195,6 +209,11 @@ class Run:
     @property
     def test_acc(self) -> float | None:
         acc = (self.last or {}).get("test/accuracy")
+        return None if acc is None else 100 * acc
+
+    def split_acc(self, name: str) -> float | None:
+        """An extra evaluation split's accuracy (<name>/accuracy, e.g. ood) at the last finished iteration."""
+        acc = (self.last or {}).get(f"{name}/accuracy")
         return None if acc is None else 100 * acc
 
     def gain(self, key: str) -> float | None:
@@ -426,8 +445,9 @@ def _span(values: list) -> str | int | None:
     return None if not known else known[0] if len(known) == 1 else f"{known[0]}-{known[-1]}"
 
 
-def summarize(group: Group) -> dict:
-    """One summary row, numbers unformatted (percent); the CSV writes exactly this."""
+def summarize(group: Group, extras: list[str] = ()) -> dict:
+    """One summary row, numbers unformatted (percent); the CSV writes exactly this. `extras`: the extra
+    evaluation splits of the whole report (extra_splits), each with <name>_acc_{mean,std,ci_low,ci_high}."""
     runs = group.runs
     first = group.first
     test, dev = _pct_spread([r.test_acc for r in runs]), _pct_spread([r.dev_acc for r in runs])
@@ -439,6 +459,8 @@ def summarize(group: Group) -> dict:
         "task": first.task, "method": first.method, "model": first.model, "settings": group.settings,
         "seeds": ",".join(str(r.seed) for r in runs), "n": sum(r.dev_acc is not None for r in runs),
         **{f"test_acc_{k}": v for k, v in test.items()}, **{f"dev_acc_{k}": v for k, v in dev.items()},
+        **{f"{name}_acc_{k}": v for name in extras
+           for k, v in _pct_spread([r.split_acc(name) for r in runs]).items()},
         **{f"test_gain_{k}": v for k, v in _pct_spread([r.test_gain for r in runs]).items()},
         **{f"dev_gain_{k}": v for k, v in _pct_spread([r.dev_gain for r in runs]).items()},
         "dev_gain_min": min((r.dev_gain for r in runs if r.dev_gain is not None), default=None),
@@ -477,9 +499,10 @@ def one_setting_apart(a: Group, b: Group) -> str | None:
     return f"{keys[0]}={da.get(keys[0], '(unset)')}" if len(keys) == 1 else None
 
 
-def ablation_rows(groups: list[Group], baseline: Group) -> list[dict]:
+def ablation_rows(groups: list[Group], baseline: Group, extras: list[str] = ()) -> list[dict]:
     """For each group of the baseline's task that differs from it in one override and shares seeds: the
-    paired difference (group - baseline) of test and dev accuracy over the shared seeds, in points."""
+    paired difference (group - baseline) of test and dev accuracy over the shared seeds, in points, and of
+    each extra evaluation split's accuracy in `extras` (<name>_diff_{mean,std,low,high})."""
     rows = []
     for g in groups:
         setting = one_setting_apart(g, baseline) if g is not baseline and g.first.task == baseline.first.task else None
@@ -488,10 +511,14 @@ def ablation_rows(groups: list[Group], baseline: Group) -> list[dict]:
         by_seed = lambda grp, attr: {r.seed: getattr(r, attr) for r in grp.runs}  # noqa: E731
         test = paired(by_seed(g, "test_acc"), by_seed(baseline, "test_acc"))
         dev = paired(by_seed(g, "dev_acc"), by_seed(baseline, "dev_acc"))
+        split_by_seed = lambda grp, name: {r.seed: r.split_acc(name) for r in grp.runs}  # noqa: E731
+        extra = {name: paired(split_by_seed(g, name), split_by_seed(baseline, name)) for name in extras}
         shared = sorted({r.seed for r in g.runs} & {r.seed for r in baseline.runs}, key=str)
         rows.append({"setting": setting, "group": g.name, "seeds": ",".join(map(str, shared)),
                      **{f"test_diff_{k}": getattr(test, k, None) for k in ("mean", "std", "low", "high")},
-                     **{f"dev_diff_{k}": getattr(dev, k, None) for k in ("mean", "std", "low", "high")}})
+                     **{f"dev_diff_{k}": getattr(dev, k, None) for k in ("mean", "std", "low", "high")},
+                     **{f"{name}_diff_{k}": getattr(diff, k, None) for name, diff in extra.items()
+                        for k in ("mean", "std", "low", "high")}})
     return rows
 
 
@@ -542,10 +569,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def summary_table(rows: list[dict]) -> str:
-    return _table(SUMMARY_HEADER, [
+def summary_table(rows: list[dict], extras: list[str] = ()) -> str:
+    """SUMMARY_HEADER's columns, and "<name> acc %" with its 95% CI after test's for each extra split."""
+    at = SUMMARY_HEADER.index("test 95% CI") + 1
+    header = (SUMMARY_HEADER[:at] + [c for name in extras for c in (f"{name} acc %", f"{name} 95% CI")]
+              + SUMMARY_HEADER[at:])
+    return _table(header, [
         [r["task"], r["method"], r["model"], r["settings"] or "-", r["seeds"], str(r["n"]),
          _num(r["test_acc_mean"], r["test_acc_std"]), _interval(r["test_acc_ci_low"], r["test_acc_ci_high"]),
+         *[cell for name in extras for cell in (_num(r[f"{name}_acc_mean"], r[f"{name}_acc_std"]),
+                                                _interval(r[f"{name}_acc_ci_low"], r[f"{name}_acc_ci_high"]))],
          _num(r["dev_acc_mean"], r["dev_acc_std"]), _interval(r["dev_acc_ci_low"], r["dev_acc_ci_high"]),
          _signed(r["test_gain_mean"], r["test_gain_std"]),
          "-" if r["dev_gain_mean"] is None else f"{_signed(r['dev_gain_mean'])} ({_signed(r['dev_gain_min'])})",
@@ -558,11 +591,16 @@ ABLATION_HEADER = ["setting", "group", "paired seeds", "test diff (points)", "te
                    "dev 95% CI"]
 
 
-def ablation_table(rows: list[dict]) -> str:
-    return _table(ABLATION_HEADER, [
+def ablation_table(rows: list[dict], extras: list[str] = ()) -> str:
+    """ABLATION_HEADER's columns, then "<name> diff (points)" and its 95% CI for each extra split."""
+    header = ABLATION_HEADER + [c for name in extras for c in (f"{name} diff (points)", f"{name} 95% CI")]
+    return _table(header, [
         [r["setting"], r["group"], r["seeds"], _signed(r["test_diff_mean"], r["test_diff_std"]),
          _interval(r["test_diff_low"], r["test_diff_high"]), _signed(r["dev_diff_mean"], r["dev_diff_std"]),
-         _interval(r["dev_diff_low"], r["dev_diff_high"])] for r in rows])
+         _interval(r["dev_diff_low"], r["dev_diff_high"]),
+         *[cell for name in extras for cell in (_signed(r[f"{name}_diff_mean"], r[f"{name}_diff_std"]),
+                                                _interval(r[f"{name}_diff_low"], r[f"{name}_diff_high"]))]]
+        for r in rows])
 
 
 RUN_COLUMNS = ["task", "method", "model", "settings", "seed", "test_acc", "dev_acc", "test_gain", "dev_gain",
@@ -571,9 +609,17 @@ RUN_COLUMNS = ["task", "method", "model", "settings", "seed", "test_acc", "dev_a
                "status", "overrides", "path"]
 
 
-def run_rows(groups: list[Group]) -> list[dict]:
+def run_columns(extras: list[str] = ()) -> list[str]:
+    """RUN_COLUMNS, with <name>_acc after dev_acc for each extra evaluation split (e.g. ood_acc)."""
+    at = RUN_COLUMNS.index("dev_acc") + 1
+    return RUN_COLUMNS[:at] + [f"{name}_acc" for name in extras] + RUN_COLUMNS[at:]
+
+
+def run_rows(groups: list[Group], extras: list[str] = ()) -> list[dict]:
     return [{"task": r.task, "method": r.method, "model": r.model, "settings": g.settings, "seed": r.seed,
-             "test_acc": r.test_acc, "dev_acc": r.dev_acc, "test_gain": r.test_gain, "dev_gain": r.dev_gain,
+             "test_acc": r.test_acc, "dev_acc": r.dev_acc,
+             **{f"{name}_acc": r.split_acc(name) for name in extras},
+             "test_gain": r.test_gain, "dev_gain": r.dev_gain,
              "n_dev_questions": r.n_questions[0],
              "n_test_questions": r.n_questions[1], "train_pct": r.train_pct, "direct_pct": r.direct_pct,
              "rationalized_pct": r.rationalized_pct, "last_iteration": r.last_iteration,
@@ -616,19 +662,33 @@ HOW_TO_READ = [
 ]
 
 
+EXTRA_SPLITS_HOW = (
+    "- {names}: the same as test acc % on an extra evaluation split the task reports beside test (arithmetic's "
+    "ood: task.ood_digits, digit counts not trained on), also never read by a selection rule; `-` for runs "
+    "without it.")
+
+
+def _extras(groups: list[Group]) -> list[str]:
+    """The extra evaluation splits any run of these groups reports (extra_splits)."""
+    return extra_splits([r.history for g in groups for r in g.runs])
+
+
 def markdown_report(groups: list[Group], rows: list[dict], plots: list[str], ablations: list[dict] | None = None,
                     baseline: Group | None = None) -> str:
     n_runs = sum(len(g.runs) for g in groups)
+    extras = _extras(groups)
+    how = HOW_TO_READ + ([EXTRA_SPLITS_HOW.format(names=", ".join(f"**{name} acc %**" for name in extras))]
+                         if extras else [])
     out = ["# STaR report", "", f"{n_runs} run(s) in {len(groups)} group(s). How to read the summary:", "",
-           *HOW_TO_READ, "", summary_table(rows), ""]
+           *how, "", summary_table(rows, extras), ""]
     if baseline is not None:
         out += ["## Ablations: paired differences against the baseline", "",
                 f"Baseline: {baseline.name} (`{' '.join(baseline.first.overrides) or 'no overrides'}`). Each row is a "
                 "group started with one override different from the baseline's: per seed the group's accuracy "
                 "minus the baseline's, then mean ± std and a 95% Student t interval over those paired "
                 "differences (points of accuracy; an interval that excludes 0 is a difference three seeds resolve).",
-                "", ablation_table(ablations or []) if ablations else "(no group differs from the baseline in one "
-                "override while sharing its seeds)", ""]
+                "", ablation_table(ablations or [], extras) if ablations else "(no group differs from the baseline "
+                "in one override while sharing its seeds)", ""]
     if plots:
         out += ["Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
     out += ["## Runs", ""]
@@ -891,10 +951,11 @@ def write_report(paths: list[Path], out: Path | None = None, plots: bool = True,
     runs = [read_run(p) for p in find_runs(paths)]
     groups = group_runs(runs)
     base = find_baseline(groups, baseline) if baseline else None
-    ablations = ablation_rows(groups, base) if base is not None else None
+    extras = _extras(groups)
+    ablations = ablation_rows(groups, base, extras) if base is not None else None
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = [summarize(g) for g in groups]
+    rows = [summarize(g, extras) for g in groups]
     written = {}
     if plots:
         plot_accuracy(groups, out / "accuracy.png")
@@ -909,7 +970,7 @@ def write_report(paths: list[Path], out: Path | None = None, plots: bool = True,
             else:
                 (out / name).unlink(missing_ok=True)
     (out / "report.csv").write_text(_csv(rows, list(rows[0])), encoding="utf-8")
-    (out / "runs.csv").write_text(_csv(run_rows(groups), RUN_COLUMNS), encoding="utf-8")
+    (out / "runs.csv").write_text(_csv(run_rows(groups, extras), run_columns(extras)), encoding="utf-8")
     if ablations:
         (out / "ablations.csv").write_text(_csv(ablations, list(ablations[0])), encoding="utf-8")
         written["ablations.csv"] = out / "ablations.csv"

@@ -105,7 +105,7 @@ def test_a_direct_completion_is_a_bare_answer_and_a_gold_rationale_is_not(name):
 # Each task's own keys (besides TaskConfig's) and their defaults.
 NO_FILES = {"train": None, "dev": None, "test": None}
 OWN_DEFAULTS = {
-    "arithmetic": {"digits": [1, 2, 3, 4, 5]},
+    "arithmetic": {"digits": [1, 2, 3, 4, 5], "ood_digits": [], "ood_size": None, "ood_max_new_tokens": None},
     "cqa": {"data_files": NO_FILES, "hub_id": None, "hub_config": None},
     "gsm8k": {"data_files": NO_FILES, "hub_id": None, "hub_config": None, "source": "hub_or_files"},
     "reasoning_gym": {"dataset": None, "dataset_kwargs": {}},

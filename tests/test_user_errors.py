@@ -146,7 +146,7 @@ CASES = [
          "star: error: unknown trainer option 'nosuch'; choose one of: cpu, cpu_ddp, ddp, fsdp, gpu (trainer=NAME)"),
     Case("config-key-typo", "config", ["task.digitz=3"],
          "star: error: task.digitz is not a key of task=arithmetic (its keys: name, train_size, dev_size, test_size, "
-         "sample_per_iteration, max_new_tokens, digits); check the spelling"),
+         "sample_per_iteration, max_new_tokens, digits, ood_digits, ood_size, ood_max_new_tokens); check the spelling"),
     Case("config-unknown-root-key", "config", ["n_iteration=3"],
          "star: error: n_iteration is not a key of the config (its keys: seed, n_iterations, plateau_patience, "
          "plateau_min_delta, print_table, task, model, method, rationalization, sampling, schedule, trainer, "
@@ -197,6 +197,28 @@ CASES = [
          "star: error: task.sample_per_iteration must be in 1..task.train_size (16) or null, got 0"),
     Case("config-zero-new-tokens", "config", ["task.max_new_tokens=0"],
          "star: error: task.max_new_tokens must be > 0, got 0"),
+    Case("config-zero-ood-digits", "config", ["task.ood_digits=[0]"],
+         "star: error: task.ood_digits must list digit counts >= 1, e.g. task.ood_digits=[4]; got [0]"),
+    Case("config-ood-digits-trained-on", "config", ["task.ood_digits=[2,3]", "task.max_new_tokens=38"],
+         "star: error: task.ood_digits must be digit counts not trained on, e.g. task.digits=[1,2,3] "
+         "task.ood_digits=[4]; got [2, 3], which shares [2] with task.digits"),
+    Case("config-zero-ood-size", "config", ["task.ood_size=0"],
+         "star: error: task.ood_size must be > 0, or null for task.test_size, got 0"),
+    Case("config-ood-digits-beyond-their-budget", "config", ["task.ood_digits=[4]", "task.ood_max_new_tokens=30"],
+         "star: error: task.ood_max_new_tokens=30 cuts the ood split's 4-digit completions short: they take up to 48 "
+         "tokens (10 x digits + 8); raise it to 48, or null (the default) for exactly that"),
+    Case("config-samples-with-greedy", "config", ["sampling.num_samples=4"],
+         "star: error: sampling.num_samples=4 needs sampling.temperature > 0: greedy decoding writes the same "
+         "completion 4 times; add sampling=temperature (0.7) or sampling.temperature=0.7"),
+    Case("config-zero-samples", "config", ["sampling=temperature", "sampling.num_samples=0"],
+         "star: error: sampling.num_samples must be >= 1 (completions per question and pass), got 0"),
+    Case("config-zero-kept-per-question", "config", ["method.max_kept_per_question=0"],
+         "star: error: method.max_kept_per_question must be >= 1 (distinct correct completions kept per question), "
+         "got 0"),
+    Case("config-more-ood-problems-than-exist", "config", ["task.digits=[2]", "task.ood_digits=[1]", "task.ood_size=60"],
+         "star: error: task.ood_size=60 cannot be met without reusing a problem: with ood_digits [1] there are 53 "
+         "problems (few-shot exemplars left out); lower task.ood_size to 53 or less, or add digit counts to "
+         "task.ood_digits"),
     Case("config-negative-temperature", "config", ["sampling.temperature=-0.5"],
          "star: error: sampling.temperature must be >= 0 (0 = greedy), got -0.5"),
     Case("config-zero-top-p", "config", ["sampling.top_p=0"],
@@ -448,7 +470,7 @@ CASES = [
     Case("sweep-file-missing", "sweep", [], flags=("-cd", "{repo}/sweeps", "-cn", "nosuch"),
          message="star: error: -cn nosuch: there is no nosuch.yaml in {repo}/sweeps/; choose one of: "
                  "default_ablations, paper_arithmetic, paper_cqa, paper_gsm8k, rationalization_ablation, "
-                 "schedule_ablation, small_arithmetic, temperature_ablation (-cn NAME)"),
+                 "samples_ablation, schedule_ablation, small_arithmetic, temperature_ablation (-cn NAME)"),
     Case("sweep-crosses-a-negative-value", "sweep", ["n_iterations=0,-1"], flags=("-m",),
          message="star: error: sweep point 2 of 2 (n_iterations=-1): n_iterations must be >= 0 (0 runs only the "
                  "few-shot baseline), got -1; nothing was launched"),
@@ -460,7 +482,7 @@ CASES = [
                  "reasoning_gym (task=NAME)"),
     Case("sweep-crosses-a-key-typo", "sweep", ["seed=0,1", "task.digitz=3"], flags=("-m",),
          message="star: error: task.digitz is not a key of task=arithmetic (its keys: name, train_size, dev_size, "
-                 "test_size, sample_per_iteration, max_new_tokens, digits); check the spelling"),
+                 "test_size, sample_per_iteration, max_new_tokens, digits, ood_digits, ood_size, ood_max_new_tokens); check the spelling"),
     Case("sweep-crosses-a-combination", "sweep", ["trainer=cpu,fsdp", "trainer.eval_every_n_steps=5"],
          flags=("-m",),
          message="star: error: sweep point 2 of 2 (trainer=fsdp): trainer.eval_every_n_steps is not supported "
@@ -478,7 +500,7 @@ CASES = [
     Case("sweep-file-with-an-unknown-option", "sweep", ["ablation=nosuch"],
          flags=("-cd", "{repo}/sweeps", "-cn", "default_ablations"),
          message="star: error: unknown ablation option 'nosuch'; choose one of: default, direct_finetune, "
-                 "faithful_only, rationalization_off, temperature (ablation=NAME)"),
+                 "faithful_only, rationalization_off, samples_2, samples_4, temperature (ablation=NAME)"),
 ]
 
 

@@ -1,10 +1,14 @@
-"""Stage 5, evaluate: M(n) on dev and on test, greedy, no hint, in the format it was trained on.
+"""Stage 5, evaluate: M(n) on dev, on test and on the task's extra evaluation splits, greedy, no hint,
+in the format it was trained on.
 
 Writes iter_NN/eval.json: `accuracy` is the dev fraction (dev is the split every selection reads: the
 plateau stop, the best checkpoint), with per class and sample outputs; `test` holds the test split's
-{accuracy, per_class, per_class_n, n} (reported, never read by a selection rule), when the task has a
-test split. No timings, so equal runs write equal files. Then the checkpoint retention policy
-(checkpoint.keep) runs, on dev.
+{accuracy, n, n_correct, per_class, per_class_n} (reported, never read by a selection rule), when the
+task has a test split. Each of the task's `eval_splits` (e.g. arithmetic's "ood" from task.ood_digits)
+gets an entry of the same shape under its name (generated with the split's own token budget), and
+`eval_splits` lists those names; both are absent
+when the task has none, so such runs write what they always wrote. No timings, so equal runs write
+equal files. Then the checkpoint retention policy (checkpoint.keep) runs, on dev.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ def evaluate(ctx: StageContext, iteration: int) -> dict:
         test = score_split(generator, ctx.task, ctx.task.load("test"), prefix, max_new_tokens, n_samples=0,
                            desc=f"iter {iteration} test")
         result["test"] = {k: test[k] for k in TEST_KEYS}
+    # Extra evaluation splits (star/tasks/base.py): reported like test, never selected on.
+    for name, budget in ctx.task.eval_splits.items():
+        extra = score_split(generator, ctx.task, ctx.task.load(name), prefix, budget or max_new_tokens, n_samples=0,
+                            desc=f"iter {iteration} {name}")
+        result[name] = {k: extra[k] for k in TEST_KEYS}
+    if ctx.task.eval_splits:
+        result["eval_splits"] = list(ctx.task.eval_splits)
     crash_point(f"{iteration}/eval/before_write")
     A.write_json(A.stage_file(ctx.run_dir, iteration, "eval.json"), result)
     if ctx.cfg.checkpoint.keep == "last_and_best":

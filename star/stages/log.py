@@ -2,7 +2,8 @@
 tracker. Written last, so an iteration with metrics.json is finished.
 
 `summarize` (called by the loop when the run stops) writes <run>/summary.json and the W&B run's summary:
-what a sweep table needs (final and best dev accuracy, final test accuracy, iterations, total stage time,
+what a sweep table needs (final and best dev accuracy, final test accuracy (and final/<split>_accuracy
+of each extra evaluation split, e.g. ood), iterations, total stage time,
 stop_reason: finished, plateau or failed)."""
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def run_summary(ctx: StageContext, history: list[dict], stop_reason: str) -> dic
         best = max(range(len(dev)), key=lambda i: (dev[i], -i))  # ties: the earliest, as checkpoint retention
         summary.update({"final/dev_accuracy": dev[-1], "best/dev_accuracy": dev[best],
                         "best/iteration": history[best]["iteration"]})
-        if "test/accuracy" in history[-1]:
-            summary["final/test_accuracy"] = history[-1]["test/accuracy"]
+        # test, and each extra evaluation split the task reports (ood/accuracy -> final/ood_accuracy).
+        for key, value in history[-1].items():
+            split, _, metric = key.partition("/")
+            if metric == "accuracy" and split != "eval":
+                summary[f"final/{split}_accuracy"] = value
     # Wall time of the work kept: every finished stage's seconds (a resumed run's retries not counted).
     summary["time/total_s"] = sum(A.read_json(p).get("seconds", 0.0) for p in sorted(ctx.run_dir.glob("iter_*/*.done")))
     return summary

@@ -19,10 +19,15 @@ the final carry), so the answer reads as the last sum followed by the other line
 digits, bottom to top. The operators have no spaces around them because the SmolLM2
 tokenizer splits every digit and every space into its own token. Why this format (and
 not the earlier "7+5+0=12, write 2, carry 1." with a "Final carry" line): a 135M model
-follows it few-shot about as badly on 2-3 digits but it costs half the tokens (a
-3-digit problem is about 38 completion tokens with the stop, a 5-digit one about 52),
+follows it few-shot about as badly on 2-3 digits but it costs half the tokens,
 which halves generation and training time; see benchmarks/default_search.md, round 2.
-The arithmetic task needs max_new_tokens >= 8 * digits + 14.
+The longest d-digit completion (99..9 + 99..9, stop included) is 10 * d + 8 tokens with the
+SmolLM2 tokenizer (one token per digit: 9 per column line with its newline, the answer line's
+d + 1 digits and 6 tokens around them, the leading space): 18, 28, 38, 48, 58 for 1-5 digits
+(`scratchpad_tokens(d)`; other tokenizers count differently). A max_new_tokens below that cuts
+some completions before their answer line (debug=fast's 24 is below the 28 of its 2-digit
+problems: its random-weight model writes no scratchpad anyway). The ood split gets a budget of its
+own (task.ood_max_new_tokens, null: scratchpad_tokens of its longest digit count).
 
 Use it through the registry (`build_task(cfg.task, seed)`) or directly:
 
@@ -64,6 +69,20 @@ split holds its cap of it, so no stream runs dry; a split that cannot be filled 
 naming the sizes that fit. Default CPU run (digits [1, 2, 3], train 160, dev 102, test 102): dev
 and test each get 17 1-digit, 43 2-digit and 42 3-digit problems; train 19, 71 and 70 (the
 1-digit share of every split is smaller than a third: there are too few of them).
+
+The out-of-distribution split "ood" (task.ood_digits, e.g. [4] while task.digits=[1,2,3]; [] for
+none, the default) is an extra evaluation split (`eval_splits`, star/tasks/base.py): reported
+beside test after every iteration (eval.json["ood"], metrics ood/accuracy and ood/accuracy/<digit
+count>), never selected on. Its digit counts must not be in task.digits, so it shares no problem
+with train, dev or test; it holds no exemplar's problem either. It draws task.ood_size problems
+(null: task.test_size) from streams of its own, seeded by the seed and the digit count
+("star-arithmetic/seed=S/ood/digits=d"), round-robin over ood_digits, a digit count dropping out
+once its pool is used up; a size the pool cannot fill is a ValueError naming the size that fits.
+Train, dev and test do not depend on ood_digits at all, nor does any training pass: the split is
+generated with task.ood_max_new_tokens (null: the longest ood digit count's scratchpad_tokens),
+task.max_new_tokens stays every other pass's budget. Config validation refuses ood digit counts
+< 1 or in task.digits, ood_size <= 0, and an ood_max_new_tokens below that need (the split would be
+scored on cut-off completions).
 """
 
 from __future__ import annotations
@@ -73,7 +92,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from star.tasks import answers
 from star.tasks.base import (
@@ -112,12 +131,36 @@ class ArithmeticConfig(TaskConfig):
 
     # The operand digit counts to draw from (paper: 1-5).
     digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    # Digit counts of the out-of-distribution split "ood", reported beside test (e.g. [4] while training
+    # on [1,2,3]); [] for no such split.
+    ood_digits: list[int] = field(default_factory=list)
+    # Size of the ood split (null: task.test_size).
+    ood_size: Optional[int] = None
+    # The ood split's token budget (null: what its longest digit count's scratchpad takes, 10 x digits + 8);
+    # task.max_new_tokens stays the budget of every other pass, so adding the split changes nothing else.
+    ood_max_new_tokens: Optional[int] = None
 
     def problems(self) -> list[str]:
-        """TaskConfig's range checks, and digits must list digit counts >= 1."""
+        """TaskConfig's range checks; digits must list digit counts >= 1; ood_digits digit counts >= 1
+        not in digits, whose longest scratchpad fits ood_max_new_tokens when it is set; ood_size > 0 or null."""
         out = super().problems()
         if not (len(self.digits) > 0 and all(d >= 1 for d in self.digits)):
             out.append(f"task.digits must list digit counts >= 1, e.g. task.digits=[1,2,3]; got {list(self.digits)}")
+        ood = list(self.ood_digits)
+        if not all(d >= 1 for d in ood):
+            out.append(f"task.ood_digits must list digit counts >= 1, e.g. task.ood_digits=[4]; got {ood}")
+        shared = sorted(set(ood) & set(self.digits))
+        if shared:
+            out.append(f"task.ood_digits must be digit counts not trained on, e.g. task.digits=[1,2,3] "
+                       f"task.ood_digits=[4]; got {ood}, which shares {shared} with task.digits")
+        if self.ood_size is not None and not self.ood_size > 0:
+            out.append(f"task.ood_size must be > 0, or null for task.test_size, got {self.ood_size}")
+        longest, budget = max(ood, default=0), self.ood_max_new_tokens
+        if longest >= 1 and budget is not None and budget < scratchpad_tokens(longest):
+            need = scratchpad_tokens(longest)
+            out.append(f"task.ood_max_new_tokens={budget} cuts the ood split's {longest}-digit completions short: they "
+                       f"take up to {need} tokens (10 x digits + 8); raise it to {need}, or null (the default) for "
+                       f"exactly that")
         return out
 
 
@@ -134,6 +177,13 @@ def scratchpad_for(a: int, b: int) -> str:
     lines.append(f"The answer is {a + b}.")
     # Leading space: the completion follows "A:" directly.
     return " " + "\n".join(lines) + STOP
+
+
+def scratchpad_tokens(d: int) -> int:
+    """The most tokens a d-digit completion takes (99..9 + 99..9, stop included) with the SmolLM2
+    tokenizer, one token per digit: d column lines of up to 9 tokens with their newline, the answer
+    line (6 tokens and its d + 1 digits) and the leading space. The budget an ood split needs."""
+    return 10 * d + 8
 
 
 def scratchpad(example: Example) -> str:
@@ -336,6 +386,17 @@ def size_error(digits: list[int], sizes: dict[str, int], available: dict[int, in
         f"or add digit counts to task.digits")
 
 
+def ood_size_error(ood_digits: list[int], size: int, available: dict[int, int]) -> ValueError | None:
+    """The error for an ood split larger than its digit counts' problems (naming the size that fits), or None."""
+    fits = sum(available.values())
+    if size <= fits:
+        return None
+    return ValueError(
+        f"task.ood_size={size} cannot be met without reusing a problem: with ood_digits {ood_digits} there are "
+        f"{fits} problems (few-shot exemplars left out); lower task.ood_size to {fits} or less, or add digit "
+        f"counts to task.ood_digits")
+
+
 class ArithmeticTask:
     """n-digit addition; see the module docstring for the format, the splits and the decisions."""
 
@@ -345,13 +406,25 @@ class ArithmeticTask:
     splits = SPLITS
 
     def __init__(self, digits, train_size: int, dev_size: int, seed: int, test_size: int = 100,
-                 prompt_path: str | Path | None = None):
+                 prompt_path: str | Path | None = None, ood_digits=(), ood_size: int | None = None,
+                 ood_max_new_tokens: int | None = None):
         # Keep the user's order (it fixes the round-robin order) but drop repeats.
         self.digits = list(dict.fromkeys(int(d) for d in digits))
         if not self.digits or any(d < 1 for d in self.digits):
             raise ValueError(f"digits must list digit counts >= 1, e.g. [1, 2, 3]; got {list(digits)}")
         self.sizes = split_sizes(train_size, dev_size, test_size)
         self.train_size, self.dev_size, self.test_size = self.sizes["train"], self.sizes["dev"], self.sizes["test"]
+        # The ood split: digit counts not trained on, so it shares no problem with train, dev or test.
+        self.ood_digits = list(dict.fromkeys(int(d) for d in ood_digits))
+        if any(d < 1 or d in self.digits for d in self.ood_digits):
+            raise ValueError(f"ood_digits must list digit counts >= 1 that are not in digits {self.digits}, "
+                             f"e.g. [4] with digits [1, 2, 3]; got {list(ood_digits)}")
+        self.ood_size = int(self.test_size if ood_size is None else ood_size)
+        if self.ood_size < 0:
+            raise ValueError(f"ood_size must be >= 0, got {ood_size}")
+        # The ood split is generated with a budget its longest problems fit (its own key, or exactly that).
+        budget = ood_max_new_tokens or (scratchpad_tokens(max(self.ood_digits)) if self.ood_digits else None)
+        self.eval_splits: dict[str, int | None] = {"ood": budget} if self.ood_digits else {}
         self.seed = int(seed)
         self.prompt_path = Path(prompt_path) if prompt_path is not None else None
         # Filled on first use; per instance, so there is no module-level mutable state.
@@ -361,13 +434,17 @@ class ArithmeticTask:
     @classmethod
     def from_config(cls, task_cfg, seed: int) -> "ArithmeticTask":
         return cls(digits=list(task_cfg.digits), train_size=task_cfg.train_size, dev_size=task_cfg.dev_size,
-                   test_size=task_cfg.test_size, seed=seed)
+                   test_size=task_cfg.test_size, seed=seed,
+                   ood_digits=list(getattr(task_cfg, "ood_digits", None) or []),
+                   ood_size=getattr(task_cfg, "ood_size", None),
+                   ood_max_new_tokens=getattr(task_cfg, "ood_max_new_tokens", None))
 
     # --- data
 
     def load(self, split: str) -> list[Example]:
-        if split not in self.splits:
-            raise unknown_split(self.name, split, self.splits)
+        if split not in self.splits and split not in self.eval_splits:
+            raise unknown_split(self.name, split, self.splits + tuple(self.eval_splits),
+                                "set task.ood_digits (e.g. [4]) for an ood split" if split == "ood" else "")
         if self._splits is None:
             self._splits = self._build()
         return list(self._splits[split])  # a copy: callers cannot edit the cache
@@ -393,7 +470,20 @@ class ArithmeticTask:
             drawn[split] = fill(streams, self.digits, caps, self.sizes[split])
             for d, _ in drawn[split]:
                 left[d] -= 1
+        if self.ood_digits:
+            drawn["ood"] = self._draw_ood(exemplars)
         return {split: self._examples(split, items) for split, items in drawn.items()}
+
+    def _draw_ood(self, exemplars: set[tuple[int, int]]) -> list[tuple[int, tuple[int, int]]]:
+        """The ood split's items: streams of their own (so train, dev and test never depend on it),
+        round-robin over ood_digits, each digit count capped at its pool."""
+        available = {d: pool_size(d) - len(in_pool(d, exemplars)) for d in self.ood_digits}
+        error = ood_size_error(self.ood_digits, self.ood_size, available)
+        if error is not None:
+            raise error
+        streams = {d: pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/ood/digits={d}"), exemplars)
+                   for d in self.ood_digits}
+        return fill(streams, self.ood_digits, available, self.ood_size)
 
     @staticmethod
     def _examples(split: str, items) -> list[Example]:

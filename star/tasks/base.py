@@ -33,7 +33,19 @@ test file. The splits are leak-free: pairwise disjoint as problems (for addition
 are one problem; elsewhere questions compare by `normalize_question`), none holds a few-shot
 exemplar's problem, and dev and test are drawn before train, so train_size does not move them
 (arithmetic: except through its per-digit-count caps; see its module docstring).
-`load(split)` of a split not in `splits` raises ValueError naming the fix (`unknown_split`).
+`load(split)` of a split not in `splits` (or `eval_splits`) raises ValueError naming the fix
+(`unknown_split`).
+
+Extra evaluation splits: `task.eval_splits` maps the splits a task reports beside test to the token
+budget each is generated with (None: task.max_new_tokens), for example an out-of-distribution set
+whose longer problems need longer completions (arithmetic's "ood", from task.ood_digits, generated
+with task.ood_max_new_tokens); {} when it has none.
+A name is none of train, dev and test, nor a key eval.json has of its own (accuracy, per_class, ...).
+They load with `load(name)` like the others, are disjoint from train, dev, test and the exemplars,
+and are scored greedily after every iteration like test (eval.json gets one entry per name,
+metrics.json `<name>/accuracy` and its per-class keys); as with test, no selection rule reads them
+(not the plateau stop, not the best checkpoint). Like `splits`, the names are known from the config
+without reading data.
 
 Optional: a task whose verifier calls code that may raise on an answer (reasoning_gym's scorers)
 scores that answer wrong and counts it in an int attribute `scorer_errors`; the stages log the
@@ -72,12 +84,15 @@ class Task(Protocol):
     name: str
     # The splits load() accepts: ("train", "dev", "test"), or ("train", "dev") when there is no test data.
     splits: tuple[str, ...]
+    # The extra evaluation splits reported beside test, loadable with load(), each with its max_new_tokens
+    # (None: task.max_new_tokens), e.g. {"ood": 48}; {} when none.
+    eval_splits: dict[str, Optional[int]]
     # Strings that end a completion; the generator stops a sequence at the first one.
     stop: tuple[str, ...]
 
     def load(self, split: str) -> list[Example]:
-        """Examples of `split` ("train", "dev" or "test"; one of `splits`), in a fixed order.
-        A split not in `splits` is a ValueError that says how to get it."""
+        """Examples of `split` ("train", "dev" or "test", one of `splits`; or one of `eval_splits`), in a
+        fixed order. Any other split is a ValueError that says how to get it."""
 
     def fewshot_prompt(self, direct: bool = False, hint: bool = False) -> str:
         """The few-shot prefix (hand-written exemplars), ending right before a question.

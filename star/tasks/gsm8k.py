@@ -402,6 +402,7 @@ class Gsm8kTask:
     name = NAME
     stop = (STOP,)
     config_class = Gsm8kConfig
+    eval_splits: dict = {}  # no extra evaluation split (star/tasks/base.py); never written to
 
     def __init__(self, train_size: int, dev_size: int, test_size: int = 100, data_files: dict | None = None,
                  hub_id: str | None = HUB_ID, hub_config: str | None = HUB_CONFIG,

@@ -193,6 +193,7 @@ class ReasoningGymTask:
     stop = (STOP,)
     config_class = ReasoningGymConfig
     splits = SPLITS
+    eval_splits: dict = {}  # no extra evaluation split (star/tasks/base.py); never written to
 
     def __init__(self, dataset: str, train_size: int, dev_size: int, seed: int = 0,
                  dataset_kwargs: dict | None = None, test_size: int = 100):
