@@ -13,8 +13,10 @@ from collections import defaultdict
 from star.tasks.base import Example, Task
 
 
-def score(task: Task, examples: list[Example], completions: list[str], n_samples: int = 8) -> dict:
-    """Accuracy overall and per class of given completions, plus the first few as samples."""
+def score(task: Task, examples: list[Example], completions: list[str], n_samples: int = 8,
+          faithful: bool = False) -> dict:
+    """Accuracy overall and per class of given completions, plus the first few as samples; with `faithful`,
+    also faithful_rate: the fraction whose every step checks out (None where the task cannot check steps)."""
     correct = [task.is_correct(ex, c) for ex, c in zip(examples, completions)]
     by_class: dict[str, list[bool]] = defaultdict(list)
     for ex, ok in zip(examples, correct):
@@ -24,7 +26,11 @@ def score(task: Task, examples: list[Example], completions: list[str], n_samples
          "answer": task.extract_answer(c), "correct": ok}
         for ex, c, ok in list(zip(examples, completions, correct))[:n_samples]
     ]
+    checks = [task.is_faithful(ex, c) for ex, c in zip(examples, completions)] if faithful else []
+    checked = [ok for ok in checks if ok is not None]
+    extra = {"faithful_rate": sum(checked) / len(checked) if checked else None} if faithful else {}
     return {
+        **extra,
         "accuracy": sum(correct) / len(correct) if correct else 0.0,
         "n": len(correct),
         "n_correct": sum(correct),
@@ -35,10 +41,10 @@ def score(task: Task, examples: list[Example], completions: list[str], n_samples
 
 
 def evaluate(generator, task: Task, examples: list[Example], prefix: str, max_new_tokens: int,
-             n_samples: int = 8, desc: str = "eval") -> dict:
+             n_samples: int = 8, desc: str = "eval", faithful: bool = False) -> dict:
     """Greedy completions for every example (no hint), scored by the task's verifier."""
     completions = generator.generate(
         prefix, [task.format_question(ex) for ex in examples], seeds=[0] * len(examples),
         max_new_tokens=max_new_tokens, stop=task.stop, temperature=0.0, desc=desc,
     )
-    return score(task, examples, completions, n_samples=n_samples)
+    return score(task, examples, completions, n_samples=n_samples, faithful=faithful)

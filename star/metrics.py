@@ -13,8 +13,9 @@ kept example over N, data/n_examples the examples (up to max_kept_per_question p
 eval/* is the dev split (every selection reads it), test/* the test split (reported only; absent
 when the task has no test split); eval/n and test/n count their questions. Each of the task's extra
 evaluation splits (eval.json's `eval_splits`, e.g. arithmetic's ood from task.ood_digits) gets
-<name>/accuracy, <name>/n and <name>/accuracy/<class> the same way: reported only, absent without
-one. train/final_loss is the fit's mean loss over its last quarter of steps (train/loss is the
+<name>/accuracy, <name>/n and <name>/accuracy/<class> the same way, and <name>/faithful_rate (the
+fraction of its completions whose every step is right, where the task checks steps): reported only,
+absent without one. train/final_loss is the fit's mean loss over its last quarter of steps (train/loss is the
 per-step loss, in <run>/train_steps.csv); fit/final_dev_accuracy the last dev accuracy the
 generation callback measured during the fit, when it ran (fit/dev_accuracy is each of its points,
 on the global step).
@@ -45,8 +46,11 @@ def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[di
         if split is not None:
             metrics.update({f"{prefix}/accuracy": split["accuracy"], f"{prefix}/n": split["n"]})
             metrics.update({f"{prefix}/accuracy/{cls}": acc for cls, acc in split["per_class"].items()})
+            if split.get("faithful_rate") is not None and prefix not in ("eval", "test"):
+                metrics[f"{prefix}/faithful_rate"] = split["faithful_rate"]
     metrics["time/eval_s"] = A.read_done(run_dir, iteration, "eval")["seconds"]
     samples = [{"iteration": iteration, "kind": "eval", **s} for s in ev["samples"]]
+    samples += [{"iteration": iteration, "kind": name, **s} for name, _ in extra for s in ev[name].get("samples", [])]
     if iteration == 0:
         return metrics, samples
     kept = [r for r in A.read_jsonl(A.stage_file(run_dir, iteration, "generations.jsonl")) if r["correct"]]

@@ -247,11 +247,15 @@ def test_evaluate_scores_the_ood_split_and_metrics_report_it(tmp_path):
     for iteration in (0, 1):
         ev = json.loads(A.stage_file(loop.run_dir, iteration, "eval.json").read_text())
         assert ev["eval_splits"] == ["ood"]
-        assert set(ev["ood"]) == set(TEST_KEYS)
+        assert set(ev["ood"]) == {*TEST_KEYS, "faithful_rate", "samples"}
+        # The rule writes the gold scratchpad when right and one with a wrong digit when wrong.
+        assert ev["ood"]["faithful_rate"] == pytest.approx(accuracy)
+        assert [s["id"] for s in ev["ood"]["samples"]] == [e.id for e in ood[:8]]
         assert ev["ood"]["n"] == 14 and ev["ood"]["per_class_n"] == {"3": 7, "4": 7}
         assert ev["ood"]["accuracy"] == pytest.approx(accuracy) and ev["ood"]["per_class"] == pytest.approx(per_class)
         m = json.loads(A.metrics_of(loop.run_dir, iteration).read_text())
         assert m["ood/accuracy"] == pytest.approx(accuracy) and m["ood/n"] == 14
+        assert m["ood/faithful_rate"] == pytest.approx(accuracy) and "test/faithful_rate" not in m
         assert {k: v for k, v in m.items() if k.startswith("ood/accuracy/")} == pytest.approx(
             {f"ood/accuracy/{c}": v for c, v in per_class.items()})
         assert m["test/accuracy"] == ev["test"]["accuracy"]  # test is still there, beside it

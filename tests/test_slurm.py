@@ -102,7 +102,8 @@ EXPECTED_SWEEPS = {
     "default_ablations": 15,        # the default and 4 ablations x seeds 0, 1, 2
     "rationalization_ablation": 6,  # on/off x seeds 0, 1, 2
     "temperature_ablation": 4,      # greedy, 0.5, 0.7, 1.0
-    "samples_ablation": 18,         # k = 1, 2, 4 x rationalization on/off x seeds 0, 1, 2
+    "samples_ablation": 18,
+    "ood_lengths": 12,              # STaR, direct fine-tuning, few-shot scratchpad and direct x seeds 0, 1, 2         # k = 1, 2, 4 x rationalization on/off x seeds 0, 1, 2
     "schedule_ablation": 3,         # exponential, linear, epoch
     "small_arithmetic": 5,          # the arithmetic rows at small scale (SmolLM2-135M, CPU)
     "paper_arithmetic": 3,          # the paper's rows, GPT-J 6B (a real cluster's GPUs)

@@ -469,7 +469,7 @@ CASES = [
     # --- sweeps (-m, sweeps/*.yaml): every point is checked before any is launched
     Case("sweep-file-missing", "sweep", [], flags=("-cd", "{repo}/sweeps", "-cn", "nosuch"),
          message="star: error: -cn nosuch: there is no nosuch.yaml in {repo}/sweeps/; choose one of: "
-                 "default_ablations, paper_arithmetic, paper_cqa, paper_gsm8k, rationalization_ablation, "
+                 "default_ablations, ood_lengths, paper_arithmetic, paper_cqa, paper_gsm8k, rationalization_ablation, "
                  "samples_ablation, schedule_ablation, small_arithmetic, temperature_ablation (-cn NAME)"),
     Case("sweep-crosses-a-negative-value", "sweep", ["n_iterations=0,-1"], flags=("-m",),
          message="star: error: sweep point 2 of 2 (n_iterations=-1): n_iterations must be >= 0 (0 runs only the "
