@@ -481,13 +481,17 @@ def summarize(group: Group, extras: list[str] = ()) -> dict:
 # ------------------------------------------------------------------ ablations: paired differences
 
 
-def find_baseline(groups: list[Group], baseline: str) -> Group:
-    """The one group whose runs were all started with the override `baseline` (e.g. "ablation=default")."""
-    found = [g for g in groups if all(baseline in r.overrides for r in g.runs)]
+def find_baseline(groups: list[Group], baseline: str | list[str]) -> Group:
+    """The one group whose runs were all started with the override `baseline` (e.g. "ablation=default"),
+    or with every one of several (["ablation=default", "rationalization=on"]: a sweep over two axes)."""
+    wanted = [baseline] if isinstance(baseline, str) else list(baseline)
+    found = [g for g in groups if all(o in r.overrides for r in g.runs for o in wanted)]
     if len(found) != 1:
         choices = sorted({o for g in groups for r in g.runs for o in r.overrides})
-        raise ReportError(f"--baseline {baseline} matches {len(found)} groups, not one; give one override that "
-                          f"only the baseline's runs have, e.g. one of: {', '.join(choices) or '(no overrides)'}")
+        given = " ".join(f"--baseline {o}" for o in wanted)
+        raise ReportError(f"{given} matches {len(found)} groups, not one; give overrides that only the "
+                          f"baseline's runs have (--baseline again for each), e.g. of: "
+                          f"{', '.join(choices) or '(no overrides)'}")
     return found[0]
 
 
@@ -941,10 +945,11 @@ def plot_loss(groups: list[Group], path: Path) -> bool:
 
 
 def write_report(paths: list[Path], out: Path | None = None, plots: bool = True,
-                 baseline: str | None = None) -> dict[str, Path]:
+                 baseline: str | list[str] | None = None) -> dict[str, Path]:
     """Find and read every run under `paths`, write the tables (and plots) to `out` (default:
     report/ inside the first path); return {file name: path} of what was written. `baseline`: an
-    override only the baseline group's runs have (e.g. "ablation=default"): adds the paired differences
+    override only the baseline group's runs have (e.g. "ablation=default"), or a list of overrides that
+    together only its runs have: adds the paired differences
     of the groups one override away from it (ablations.csv and a section of report.md)."""
     if not paths:
         raise ReportError("give at least one run or sweep directory")
@@ -992,9 +997,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the report (default: report/ inside the first PATH)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
-    parser.add_argument("--baseline", metavar="OVERRIDE", default=None,
-                        help="an override only the baseline group's runs were started with (e.g. ablation=default): "
-                             "adds paired differences against it for the groups one override away")
+    parser.add_argument("--baseline", metavar="OVERRIDE", action="append", default=None,
+                        help="an override only the baseline group's runs were started with (e.g. ablation=default); "
+                             "repeat it for a sweep over several axes (--baseline ablation=default --baseline "
+                             "rationalization=on): adds paired differences against that group for the groups one "
+                             "override away")
     args = parser.parse_args(argv)
     try:
         written = write_report(args.paths, args.out, plots=not args.no_plots, baseline=args.baseline)

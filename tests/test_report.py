@@ -575,3 +575,23 @@ def test_over_seeds_edge_cases():
     assert paired({0: 5.0, 1: 7.0, 2: 1.0}, {0: 4.0, 1: 4.0}).mean == pytest.approx(2.0)  # seeds 0, 1 only
     assert paired({0: 1.0}, {1: 1.0}) is None
     assert t_975(2) == 4.303 and t_975(1000) == pytest.approx(1.96, abs=0.01)
+
+
+def test_a_baseline_of_two_overrides_for_a_two_axis_sweep(tmp_path, capsys):
+    """sweeps/samples_ablation.yaml crosses ablation with rationalization: the baseline is the group started
+    with both overrides, and each group one override away from it gets a row."""
+    sweep = tmp_path / "sweep"
+    arms = {("default", "on"): 0.5, ("default", "off"): 0.2, ("samples_2", "on"): 0.6, ("samples_2", "off"): 0.3}
+    for (ablation, rat), acc in arms.items():
+        for seed in (0, 1):
+            make_run(sweep, f"{ablation}-{rat}-{seed}", seed=seed, rationalization=rat == "on",
+                     temperature=0.0 if ablation == "default" else 0.7, test_accs=(0.0, 0.0, acc + seed / 100),
+                     overrides=[f"ablation={ablation}", f"rationalization={rat}"])
+    with pytest.raises(R.ReportError, match="--baseline ablation=default matches 2 groups, not one"):
+        R.write_report([sweep], tmp_path / "one", plots=False, baseline="ablation=default")
+    R.main([str(sweep), "--out", str(tmp_path / "out"), "--no-plots",
+            "--baseline", "ablation=default", "--baseline", "rationalization=on"])
+    rows = {r["setting"]: r for r in read_csv(tmp_path / "out" / "ablations.csv")}
+    assert set(rows) == {"ablation=samples_2", "rationalization=off"}  # samples_2 without rationalization: 2 away
+    assert float(rows["ablation=samples_2"]["test_diff_mean"]) == pytest.approx(10.0)
+    assert float(rows["rationalization=off"]["test_diff_mean"]) == pytest.approx(-30.0)
