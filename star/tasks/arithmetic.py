@@ -343,6 +343,11 @@ def pair_stream(d: int, rng: random.Random, exclude=frozenset()) -> Iterator[tup
                 yield a, b
 
 
+def available_problems(digits: list[int], exemplars: set[tuple[int, int]]) -> dict[int, int]:
+    """digit count -> how many of its problems are not a few-shot exemplar's."""
+    return {d: pool_size(d) - len(in_pool(d, exemplars)) for d in digits}
+
+
 def eval_cap(available: dict[int, int]) -> dict[int, int]:
     """digit count -> the most problems of it dev (and test) may hold: a third of its pool."""
     return {d: n // 3 for d, n in available.items()}
@@ -456,12 +461,11 @@ class ArithmeticTask:
 
     def _build(self) -> dict[str, list[Example]]:
         exemplars = self.exemplar_problems()
-        available = {d: pool_size(d) - len(in_pool(d, exemplars)) for d in self.digits}
+        available = available_problems(self.digits, exemplars)
         error = size_error(self.digits, self.sizes, available)
         if error is not None:
             raise error
-        streams = {d: pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/digits={d}"), exemplars)
-                   for d in self.digits}
+        streams = self._streams(self.digits, exemplars)
         # One set of streams drawn in DRAW_ORDER: no problem reaches two splits.
         left = dict(available)
         drawn = {}
@@ -477,13 +481,16 @@ class ArithmeticTask:
     def _draw_ood(self, exemplars: set[tuple[int, int]]) -> list[tuple[int, tuple[int, int]]]:
         """The ood split's items: streams of their own (so train, dev and test never depend on it),
         round-robin over ood_digits, each digit count capped at its pool."""
-        available = {d: pool_size(d) - len(in_pool(d, exemplars)) for d in self.ood_digits}
+        available = available_problems(self.ood_digits, exemplars)
         error = ood_size_error(self.ood_digits, self.ood_size, available)
         if error is not None:
             raise error
-        streams = {d: pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/ood/digits={d}"), exemplars)
-                   for d in self.ood_digits}
-        return fill(streams, self.ood_digits, available, self.ood_size)
+        return fill(self._streams(self.ood_digits, exemplars, "ood/"), self.ood_digits, available, self.ood_size)
+
+    def _streams(self, digits: list[int], exemplars: set[tuple[int, int]], name: str = "") -> dict:
+        """digit count -> its problem stream, seeded by the seed, `name` ("" for train/dev/test, "ood/") and d."""
+        return {d: pair_stream(d, random.Random(f"star-arithmetic/seed={self.seed}/{name}digits={d}"), exemplars)
+                for d in digits}
 
     @staticmethod
     def _examples(split: str, items) -> list[Example]:
