@@ -65,9 +65,13 @@ def tiny_pass():
         [loop.task.format_question(ex) for ex in questions], [derive_seed(0, 1, "generate", ex.id) for ex in questions]
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
-def test_sharded_pass_is_byte_identical_to_one_pass(tiny_pass, tmp_path, temperature):
+@pytest.mark.parametrize("temperature,k", [(0.0, 1), (0.8, 1), (0.8, 3)], ids=["greedy", "sampled", "3_samples"])
+def test_sharded_pass_is_byte_identical_to_one_pass(tiny_pass, tmp_path, temperature, k):
+    """k > 1: each question k times in a row with seeds of its own (sampling.num_samples), so a question's
+    samples share a batch's encoding and sometimes straddle two batches (k = 3, batches of 4)."""
     cfg, gen, prefix, questions, seeds = tiny_pass
+    questions = [q for q in questions for _ in range(k)]
+    seeds = [s + j for s in seeds for j in range(k)]
     kw = dict(max_new_tokens=12, stop=["\n\n"], temperature=temperature, top_p=1.0)
     whole = gen.generate(prefix, questions, seeds=seeds, **kw)
     assert len(set(whole)) > 3, "completions differ across questions (else the test proves little)"
