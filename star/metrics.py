@@ -46,7 +46,7 @@ def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[di
         if split is not None:
             metrics.update({f"{prefix}/accuracy": split["accuracy"], f"{prefix}/n": split["n"]})
             metrics.update({f"{prefix}/accuracy/{cls}": acc for cls, acc in split["per_class"].items()})
-            if split.get("faithful_rate") is not None and prefix not in ("eval", "test"):
+            if split.get("faithful_rate") is not None:  # extra splits only: dev and test are scored without it
                 metrics[f"{prefix}/faithful_rate"] = split["faithful_rate"]
     metrics["time/eval_s"] = A.read_done(run_dir, iteration, "eval")["seconds"]
     samples = [{"iteration": iteration, "kind": "eval", **s} for s in ev["samples"]]
@@ -62,6 +62,13 @@ def iteration_metrics(run_dir: Path, iteration: int, n_samples: int) -> tuple[di
                      "gold": r["gold"], "completion": r["completion"], "answer": r["answer"],
                      "correct": r["correct"]} for r in rows[:n_samples]]
     return metrics, samples
+
+
+def reported_splits(metrics: dict) -> list[str]:
+    """The splits an iteration's metrics report besides dev, by their <name>/accuracy keys: "test" and each
+    extra evaluation split (e.g. "ood"); sorted."""
+    return sorted({key.split("/")[0] for key in metrics if key.count("/") == 1 and key.endswith("/accuracy")}
+                  - {"eval"})
 
 
 def bare_answer_rates(kept: list[dict], kept_rat: list[dict]) -> dict:

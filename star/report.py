@@ -85,6 +85,8 @@ def extra_splits(histories: list[list[dict]]) -> list[str]:
     """The extra evaluation splits (star/tasks/base.py's eval_splits, e.g. arithmetic's "ood") that some
     iteration of these histories reports, by their <name>/accuracy key: every such key but eval's and
     test's. Sorted; [] when there is none, and then no table gains a column."""
+    # The rule of star.metrics.reported_splits, kept here: the report reads run directories and imports
+    # only artifacts, loop and stats (tests/test_imports.py).
     names = {key.split("/")[0] for history in histories for h in history for key in h
              if key.count("/") == 1 and key.endswith("/accuracy")}
     return sorted(names - {"eval", "test"})
@@ -208,11 +210,10 @@ class Run:
 
     @property
     def test_acc(self) -> float | None:
-        acc = (self.last or {}).get("test/accuracy")
-        return None if acc is None else 100 * acc
+        return self.split_acc("test")
 
     def split_acc(self, name: str) -> float | None:
-        """An extra evaluation split's accuracy (<name>/accuracy, e.g. ood) at the last finished iteration."""
+        """A reported split's accuracy (<name>/accuracy: test, ood) at the last finished iteration, in %."""
         acc = (self.last or {}).get(f"{name}/accuracy")
         return None if acc is None else 100 * acc
 
@@ -512,11 +513,10 @@ def ablation_rows(groups: list[Group], baseline: Group, extras: list[str] = ()) 
         setting = one_setting_apart(g, baseline) if g is not baseline and g.first.task == baseline.first.task else None
         if setting is None:
             continue
-        by_seed = lambda grp, attr: {r.seed: getattr(r, attr) for r in grp.runs}  # noqa: E731
-        test = paired(by_seed(g, "test_acc"), by_seed(baseline, "test_acc"))
-        dev = paired(by_seed(g, "dev_acc"), by_seed(baseline, "dev_acc"))
-        split_by_seed = lambda grp, name: {r.seed: r.split_acc(name) for r in grp.runs}  # noqa: E731
-        extra = {name: paired(split_by_seed(g, name), split_by_seed(baseline, name)) for name in extras}
+        by_seed = lambda grp, acc: {r.seed: acc(r) for r in grp.runs}  # noqa: E731
+        diff = lambda acc: paired(by_seed(g, acc), by_seed(baseline, acc))  # noqa: E731
+        test, dev = diff(lambda r: r.test_acc), diff(lambda r: r.dev_acc)
+        extra = {name: diff(lambda r, name=name: r.split_acc(name)) for name in extras}
         shared = sorted({r.seed for r in g.runs} & {r.seed for r in baseline.runs}, key=str)
         rows.append({"setting": setting, "group": g.name, "seeds": ",".join(map(str, shared)),
                      **{f"test_diff_{k}": getattr(test, k, None) for k in ("mean", "std", "low", "high")},
@@ -678,9 +678,9 @@ def _extras(groups: list[Group]) -> list[str]:
 
 
 def markdown_report(groups: list[Group], rows: list[dict], plots: list[str], ablations: list[dict] | None = None,
-                    baseline: Group | None = None) -> str:
+                    baseline: Group | None = None, extras: list[str] = ()) -> str:
+    """report.md; `extras`: the extra evaluation splits the runs report (_extras), a column each."""
     n_runs = sum(len(g.runs) for g in groups)
-    extras = _extras(groups)
     how = HOW_TO_READ + ([EXTRA_SPLITS_HOW.format(names=", ".join(f"**{name} acc %**" for name in extras))]
                          if extras else [])
     out = ["# STaR report", "", f"{n_runs} run(s) in {len(groups)} group(s). How to read the summary:", "",
@@ -980,7 +980,7 @@ def write_report(paths: list[Path], out: Path | None = None, plots: bool = True,
         (out / "ablations.csv").write_text(_csv(ablations, list(ablations[0])), encoding="utf-8")
         written["ablations.csv"] = out / "ablations.csv"
     plot_names = [name for name in written if name.endswith(".png")]
-    (out / "report.md").write_text(markdown_report(groups, rows, plot_names, ablations, base) + "\n",
+    (out / "report.md").write_text(markdown_report(groups, rows, plot_names, ablations, base, extras) + "\n",
                                    encoding="utf-8")
     written["report.csv"] = out / "report.csv"
     written["runs.csv"] = out / "runs.csv"

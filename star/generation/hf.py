@@ -217,7 +217,7 @@ class HFGenerator:
         # step runs on the distinct rows, then their cache and logits are copied to every row sharing them.
         distinct, copy_from = distinct_rows(question_ids)
         shared = len(distinct) < n
-        n_first = len(distinct) if shared else n
+        n_first = len(distinct)  # rows of the first step (n when no two rows ask the same question)
         if prefix_cache is not None:
             rows = question_ids
             width = max(len(r) for r in rows)

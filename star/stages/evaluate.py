@@ -7,8 +7,8 @@ plateau stop, the best checkpoint), with per class and sample outputs; `test` ho
 task has a test split. Each of the task's `eval_splits` (e.g. arithmetic's "ood" from task.ood_digits)
 gets an entry of the same shape under its name (generated with the split's own token budget), plus
 its faithful_rate (every step right; None where the task cannot check steps) and sample outputs, and
-`eval_splits` lists those names; both are absent
-when the task has none, so such runs write what they always wrote. No timings, so equal runs write
+`eval_splits` lists those names; both are absent when the task has none, so such runs write what they
+always wrote. No timings, so equal runs write
 equal files. Then the checkpoint retention policy (checkpoint.keep) runs, on dev.
 """
 

@@ -9,7 +9,7 @@ stop_reason: finished, plateau or failed)."""
 from __future__ import annotations
 
 from star import artifacts as A
-from star.metrics import iteration_metrics
+from star.metrics import iteration_metrics, reported_splits
 from star.stages.context import StageContext
 
 
@@ -33,10 +33,8 @@ def run_summary(ctx: StageContext, history: list[dict], stop_reason: str) -> dic
         summary.update({"final/dev_accuracy": dev[-1], "best/dev_accuracy": dev[best],
                         "best/iteration": history[best]["iteration"]})
         # test, and each extra evaluation split the task reports (ood/accuracy -> final/ood_accuracy).
-        for key, value in history[-1].items():
-            split, _, metric = key.partition("/")
-            if metric == "accuracy" and split != "eval":
-                summary[f"final/{split}_accuracy"] = value
+        for split in reported_splits(history[-1]):
+            summary[f"final/{split}_accuracy"] = history[-1][f"{split}/accuracy"]
     # Wall time of the work kept: every finished stage's seconds (a resumed run's retries not counted).
     summary["time/total_s"] = sum(A.read_json(p).get("seconds", 0.0) for p in sorted(ctx.run_dir.glob("iter_*/*.done")))
     return summary

@@ -25,12 +25,16 @@ def sample_seed(ctx: StageContext, iteration: int, name: str, example_id: str, s
     return ctx.seed(iteration, name, example_id if sample == 0 else f"{example_id}/sample={sample}")
 
 
+def samples_of(ctx: StageContext, examples: list[Example]) -> list[tuple[Example, int]]:
+    """(question, sample index) for each of the sampling.num_samples samples of each question, in order."""
+    return [(ex, j) for ex in examples for j in range(ctx.cfg.sampling.num_samples)]
+
+
 def sample_pass(ctx: StageContext, iteration: int, name: str, ref: ModelRef, prefix: str, examples: list[Example],
                 hint: bool = False) -> tuple[list[tuple[Example, int]], list[str], int]:
     """(the (question, sample index) of each completion, the completions, new tokens written): k =
     sampling.num_samples completions per question, a question's samples consecutive and in order."""
-    k = ctx.cfg.sampling.num_samples
-    samples = [(ex, j) for ex in examples for j in range(k)]
+    samples = samples_of(ctx, examples)
     completions, n_tokens = run_pass(ctx, iteration, name, ref, prefix,
                                      [ctx.task.format_question(ex, hint=hint) for ex, _ in samples],
                                      [sample_seed(ctx, iteration, name, ex.id, j) for ex, j in samples])

@@ -15,7 +15,7 @@ import random
 from star import artifacts as A
 from star.model_cache import model_ref
 from star.stages.context import StageContext
-from star.stages.passes import answer_rows, sample_pass, solved_ids
+from star.stages.passes import answer_rows, sample_pass, samples_of, solved_ids
 from star.tasks.base import Example
 
 
@@ -56,7 +56,7 @@ def retry_with_hint(ctx: StageContext, iteration: int,
     model asked without a prompt only with rationalization.hinted_prompt_for_finetuned)."""
     rcfg = ctx.cfg.rationalization
     if rcfg.gold_oracle:
-        samples = [(ex, j) for ex in chosen for j in range(ctx.cfg.sampling.num_samples)]
+        samples = samples_of(ctx, chosen)
         return samples, [ctx.task.gold_rationale(ex) or "" for ex, _ in samples]
     ref = model_ref(ctx.run_dir, iteration - 1)
     hinted = rcfg.hinted_prompt and (ref.prompted or rcfg.hinted_prompt_for_finetuned)
