@@ -38,8 +38,8 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from star.generation import GeneratorConfig, generator_config_classes
-from star.models import DTYPES, MODELS, LoraConfig, ModelConfig, model_config_classes
+from star.generation import GeneratorConfig, generator_config_classes, loads_from_directory
+from star.models import DTYPES, MODELS, LoraConfig, ModelConfig, model_config_classes, models_with_directory
 from star.slurm import SlurmJobConfig
 from star.tasks import TASKS, task_config_classes
 from star.tasks.base import TaskConfig
@@ -390,6 +390,7 @@ def validate(cfg: Any) -> None:
     need(cfg.method.data in METHOD_DATA, f"method.data must be one of {', '.join(METHOD_DATA)}, got '{cfg.method.data}'")
     need(cfg.generator.batch_size > 0, f"generator.batch_size must be > 0, got {cfg.generator.batch_size}")
     validate_generator_split(cfg, need)
+    validate_engine(cfg, need)
     need(cfg.logger.mode in LOGGER_MODES, f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got '{cfg.logger.mode}'")
     need(cfg.plateau_patience is None or cfg.plateau_patience >= 1,
          f"plateau_patience must be >= 1 or null, got {cfg.plateau_patience}")
@@ -489,6 +490,21 @@ def validate_launcher(launcher_cfg: Any) -> None:
     for key, low in (("cpus_per_task", 1), ("gpus_per_node", 0), ("mem_gb", 1)):
         if launcher_cfg.get(key) is not None and launcher_cfg[key] < low:
             raise ConfigError(f"hydra.launcher.{key} must be >= {low} or null, got {launcher_cfg[key]}")
+
+
+def validate_engine(cfg: Any, need) -> None:
+    """Checks of a generation backend that loads models itself (generator=vllm)."""
+    g = cfg.generator
+    if g.name not in generator_config_classes() or not loads_from_directory(g):
+        return
+    need(cfg.model.name in models_with_directory(),
+         f"generator={g.name} loads each model from its directory, but model={cfg.model.name} is built in memory; "
+         f"use a saved model (model={' or model='.join(models_with_directory())}), or generator=hf")
+    need(g.engine_lifetime in ("run", "pass"),
+         f"generator.engine_lifetime must be run (one engine, weights reloaded per model) or pass (one engine per "
+         f"pass), got '{g.engine_lifetime}'")
+    need(g.gpu_memory_utilization is None or 0 < g.gpu_memory_utilization <= 1,
+         f"generator.gpu_memory_utilization must be in (0, 1] or null, got {g.gpu_memory_utilization}")
 
 
 def validate_generator_split(cfg: Any, need) -> None:

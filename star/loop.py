@@ -82,6 +82,8 @@ class StarLoop:
         except Exception:
             self.summarize_failed(history)
             raise
+        finally:
+            self.ctx.close()  # a generation engine of its own (generator=vllm) stops with the run
         summarize(self.ctx, history, stop_reason)
         return history
 

@@ -3,6 +3,7 @@
     ref = model_ref(run_dir, 2)            # M(2): ModelRef(checkpoint="iter_02/checkpoint", prompted=False)
     cache = ModelCache(cfg, run_dir)
     model = cache.get(ref)                 # loaded once; the base M is kept for the whole run
+    path = cache.directory(ref)            # where M(n) is saved (for engines that load it themselves)
     cache.put(ref, trained_model)          # a model just trained is M(n) without a reload
 
 M(0) is the base with the few-shot prompt. M(n) is what iteration n's train stage wrote: its marker
@@ -78,6 +79,17 @@ class ModelCache:
             model, _ = models.load_checkpoint(self.run_dir / ref.checkpoint, dtype=self.cfg.model.dtype)
         self._current = (ref, model)
         return model
+
+    def directory(self, ref: ModelRef) -> str:
+        """Where the model `ref` names is saved: its checkpoint, or the base's directory (or hub id), for an
+        engine that loads it itself (generator=vllm). config.validate refuses such an engine for a base
+        built in memory."""
+        if ref.checkpoint is not None:
+            return str(self.run_dir / ref.checkpoint)
+        saved = models.saved_base(self.cfg.model)
+        if saved is None:
+            raise ValueError(f"model={self.cfg.model.name} is built in memory and has no directory to load from")
+        return saved
 
     def put(self, ref: ModelRef, model) -> None:
         """Remember a model just trained as `ref`, so evaluating it does not reload the checkpoint."""

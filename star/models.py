@@ -468,13 +468,19 @@ class ModelOption:
     build: Callable[[Any, int], tuple]           # (model_cfg, seed) -> (model, tokenizer)
     config_class: type                           # its config schema (a ModelConfig)
     dims: Callable[[Any], Optional[dict]]        # config.json-style dims, or None when unknown
+    # model_cfg -> where the base is saved (a directory or hub id), for engines that load it themselves
+    # (generator=vllm); None: built in memory, no directory.
+    directory: Optional[Callable[[Any], str]] = None
 
 
 MODELS: dict[str, ModelOption] = {
     "tiny": ModelOption(_build_tiny, TinyModelConfig, lambda c: _tiny_dims(c, "llama")),
     "gptj_tiny": ModelOption(_build_gptj_tiny, TinyModelConfig, lambda c: _tiny_dims(c, "gptj")),
-    "hf": ModelOption(_build_hf, HFModelConfig, _hf_dims),
-    "smollm2_135m": ModelOption(_build_smollm2, SmolLM2Config, lambda c: KNOWN_HUB_MODELS[SMOLLM2_ID]),
+    "hf": ModelOption(_build_hf, HFModelConfig, _hf_dims,
+                      directory=lambda c: os.path.expanduser(c.name_or_path) if _looks_local(c.name_or_path)
+                      else c.name_or_path),
+    "smollm2_135m": ModelOption(_build_smollm2, SmolLM2Config, lambda c: KNOWN_HUB_MODELS[SMOLLM2_ID],
+                                directory=lambda c: str(smollm2_checkpoint(c))),
 }
 
 
@@ -487,6 +493,17 @@ def architecture(model_cfg: Any) -> dict | None:
     """The configured model's config.json-style dims, without loading it (None when unknown)."""
     option = MODELS.get(model_cfg.name)
     return None if option is None else option.dims(model_cfg)
+
+
+def saved_base(model_cfg: Any) -> str | None:
+    """Where the configured base model is saved (a directory, converting the default model first if needed,
+    or a hub id); None for a model built in memory (tiny, gptj_tiny)."""
+    option = MODELS.get(model_cfg.name)
+    return None if option is None or option.directory is None else option.directory(model_cfg)
+
+
+def models_with_directory() -> list[str]:
+    return [name for name, option in MODELS.items() if option.directory is not None]
 
 
 def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
@@ -529,6 +546,15 @@ def save_checkpoint(model, tokenizer, path, max_shard_size: str | int = "2GB") -
     os.rename(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def load_tokenizer(path):
+    """The tokenizer saved in a model directory (a checkpoint, the converted default), prepared as every
+    tokenizer here is (left padding, a pad token, decode without cleanup)."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(os.path.expanduser(str(path))))
 
 
 def load_checkpoint(path, dtype: str = "float32", device: str | None = "auto"):

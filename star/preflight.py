@@ -23,6 +23,7 @@ from star.tasks import build_task
 def preflight(cfg: Any) -> None:
     """Every I/O check, in the order a user would fix them. Raises ConfigError."""
     check_slurm_available(cfg)
+    check_generation_engine(cfg)
     if cfg.generator.devices is not None:
         problem = check_devices(resolve_devices(cfg.generator.devices, cfg.model.device))
         if problem is not None:
@@ -35,6 +36,15 @@ def preflight(cfg: Any) -> None:
     except ModelNotFoundError as e:
         raise ConfigError(str(e)) from None
     check_task_data(cfg)
+
+
+def check_generation_engine(cfg: Any) -> None:
+    """A backend with an environment of its own (generator=vllm) finds it, before any model loads."""
+    if cfg.generator.name == "vllm":
+        from star.generation.vllm_engine import environment_problem
+
+        if problem := environment_problem(cfg.generator.python):
+            raise ConfigError(problem)
 
 
 def check_slurm_available(cfg: Any) -> None:

@@ -240,10 +240,14 @@ def load_generator(cfg, run_dir: Path, checkpoint: str | None, device: str | Non
     loop builds. The checkpoint's tokenizer is the base's (the loop saves the base tokenizer with it)."""
     from omegaconf import OmegaConf
 
-    from star.generation import build_generator
-    from star.models import load_checkpoint, load_model_and_tokenizer
+    from star.generation import build_generator, loads_from_directory
+    from star.models import load_checkpoint, load_model_and_tokenizer, load_tokenizer, saved_base
 
     device = device or cfg.model.device
+    if loads_from_directory(cfg.generator):  # an engine that loads M(n-1) itself (vllm): its directory
+        path = str(Path(run_dir) / checkpoint) if checkpoint is not None else saved_base(cfg.model)
+        return build_generator(cfg.generator, path, load_tokenizer(path), model_cfg=cfg.model, device=device,
+                               seed=cfg.seed)
     if checkpoint is None:
         model, tokenizer = load_model_and_tokenizer(OmegaConf.merge(cfg.model, {"device": device}), seed=cfg.seed)
     else:
@@ -262,7 +266,11 @@ def shard_worker(run_dir: str, cfg: dict, name: str, iteration: int, k: int, dev
     if k >= spec.n_shards:
         return
     generator = load_generator(cfg, Path(run_dir), spec.checkpoint, device)
-    run_shard(Path(run_dir), spec, k, generator, worker or f"shard worker pid {os.getpid()}")
+    try:
+        run_shard(Path(run_dir), spec, k, generator, worker or f"shard worker pid {os.getpid()}")
+    finally:
+        if hasattr(generator, "close"):  # an engine of its own (vllm) stops with its worker
+            generator.close()
 
 
 # ----------------------------------------------------------------------------- one node: device processes

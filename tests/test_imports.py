@@ -77,7 +77,7 @@ ALLOWED = {
     "loop": {"stages", "artifacts", "faults", "tracking", "training"},
     "stages": {"model_cache", "metrics", "evaluation", "sharding", "training", "generation", "tasks", "models",
                "tracking", "artifacts", "faults"},
-    "preflight": {"config", "memory", "models", "sharding", "tasks"},
+    "preflight": {"config", "memory", "models", "sharding", "tasks", "generation"},
     "config": {"tasks", "models", "generation", "slurm"},
     "memory": {"config", "models"},
     "sharding": {"slurm", "generation", "models", "artifacts"},

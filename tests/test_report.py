@@ -9,7 +9,6 @@ import json
 import math
 import statistics
 import shutil
-import statistics
 import subprocess
 from pathlib import Path
 
@@ -227,7 +226,7 @@ def test_grouping_over_seeds_mean_and_std(tmp_path):
     lasts = {0: 0.2, 1: 0.35, 2: 0.65}
     runs = [make_run(sweep, f"s{seed}", seed=seed, accs=(0.0, last / 2, last)) for seed, last in lasts.items()]
     hot = make_run(sweep, "hot", seed=0, temperature=0.7, accs=(0.0, 0.1, 0.15))
-    off = make_run(sweep, "off", seed=0, rationalization=False, accs=(0.0, 0.05, 0.1))
+    make_run(sweep, "off", seed=0, rationalization=False, accs=(0.0, 0.05, 0.1))
     md, summary, run_rows = report([sweep], tmp_path / "out")
     assert len(summary) == 3 and len(run_rows) == 5
     group = next(s for s in summary if s["method"] == "STaR with rationalization" and s["settings"] == "sampling.temperature=0.0")

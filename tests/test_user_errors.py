@@ -50,6 +50,12 @@ class Case:
 
 # ----------------------------------------------------------------------------- files the rows write
 
+def python_without_vllm(tmp: Path) -> None:
+    """{tmp}/venv/python: this test's interpreter (no vllm in the trainer's environment)."""
+    (tmp / "venv").mkdir()
+    (tmp / "venv" / "python").symlink_to(sys.executable)
+
+
 def rows(task: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / task / "train.jsonl").read_text().splitlines()]
 
@@ -210,6 +216,20 @@ CASES = [
     Case("config-samples-with-greedy", "config", ["sampling.num_samples=4"],
          "star: error: sampling.num_samples=4 needs sampling.temperature > 0: greedy decoding writes the same "
          "completion 4 times; add sampling=temperature (0.7) or sampling.temperature=0.7"),
+    Case("config-vllm-with-a-model-in-memory", "config", ["generator=vllm"],
+         "star: error: generator=vllm loads each model from its directory, but model=tiny is built in memory; use "
+         "a saved model (model=hf or model=smollm2_135m), or generator=hf"),
+    Case("config-vllm-unknown-engine-lifetime", "config", ["generator=vllm", "model=smollm2_135m",
+                                                           "generator.engine_lifetime=batch"],
+         "star: error: generator.engine_lifetime must be run (one engine, weights reloaded per model) or pass (one "
+         "engine per pass), got 'batch'"),
+    Case("config-vllm-memory-fraction-above-one", "config", ["generator=vllm", "model=smollm2_135m",
+                                                             "generator.gpu_memory_utilization=1.5"],
+         "star: error: generator.gpu_memory_utilization must be in (0, 1] or null, got 1.5"),
+    Case("config-vllm-key-of-the-hf-engine", "config", ["generator=vllm", "model=smollm2_135m",
+                                                        "generator.reuse_prefix=false"],
+         "star: error: generator.reuse_prefix is not read by generator=vllm; generator=hf reads it: add generator=hf, "
+         "or drop generator.reuse_prefix"),
     Case("config-zero-samples", "config", ["sampling=temperature", "sampling.num_samples=0"],
          "star: error: sampling.num_samples must be >= 1 (completions per question and pass), got 0"),
     Case("config-zero-kept-per-question", "config", ["method.max_kept_per_question=0"],
@@ -369,6 +389,14 @@ CASES = [
          'apples.\\n#### 12"}. Fix: convert the file to that schema (see tests/data/gsm8k/ for small examples)'),
 
     # --- model paths (model=hf): checked before anything loads
+    Case("model-vllm-environment-missing", "model", ["generator=vllm", "model=smollm2_135m",
+                                                     "generator.python={tmp}/nowhere/bin/python"],
+         "star: error: generator=vllm needs the vLLM environment, but {tmp}/nowhere/bin/python does not exist: run "
+         "`bash scripts/setup.sh --vllm` (or set generator.python to an interpreter that has vllm)"),
+    Case("model-vllm-environment-without-vllm", "model", ["generator=vllm", "model=smollm2_135m",
+                                                          "generator.python={tmp}/venv/python"],
+         "star: error: generator=vllm: {tmp}/venv/python has no vllm package: run `bash scripts/setup.sh --vllm` (or "
+         "set generator.python to an interpreter that has vllm)", setup=lambda tmp: python_without_vllm(tmp)),
     Case("model-hf-without-a-path", "model", ["model=hf"],
          "star: error: model=hf needs a model: set model.name_or_path=HUB_ID_OR_DIRECTORY"),
     Case("model-missing-directory", "model", HF,

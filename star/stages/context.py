@@ -2,7 +2,7 @@
 seeds and questions derived from them.
 
     ctx = StageContext(cfg, run_dir)              # the loop builds one per run
-    ctx.generator(ctx.models.get(ref))            # the configured generation engine for a model
+    ctx.generator(ref)                            # the configured generation engine for M(n) = ref
     ctx.prompt_for(ref)                           # the few-shot prefix M(n) is asked with ("" if none)
     ctx.train_questions(iteration)                # the (sampled) training questions of an iteration
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from star.generation import build_generator
+from star.generation import build_generator, loads_from_directory
 from star.model_cache import ModelCache, ModelRef
 from star.tasks import Task, build_task
 from star.tasks.base import Example
@@ -40,7 +40,7 @@ class StageContext:
 
     cfg: object
     run_dir: Path
-    make_generator: Callable | None = None     # (model, tokenizer) -> generator; default: cfg.generator
+    make_generator: Callable | None = None     # (model or its directory, tokenizer) -> generator; default: cfg.generator
     finetune_fn: Callable = finetune
     tracker: Tracker | None = None
     task: Task = field(init=False)
@@ -50,11 +50,29 @@ class StageContext:
         self.run_dir = Path(self.run_dir)
         self.task = build_task(self.cfg.task, seed=self.cfg.seed)
         self.models = ModelCache(self.cfg, self.run_dir)
+        self._engine = None  # the engine of a backend that loads models itself, kept across passes
         if self.make_generator is None:
-            self.make_generator = lambda model, tokenizer: build_generator(self.cfg.generator, model, tokenizer)
+            self.make_generator = lambda model, tokenizer: build_generator(
+                self.cfg.generator, model, tokenizer, model_cfg=self.cfg.model, seed=self.cfg.seed)
 
-    def generator(self, model):
-        return self.make_generator(model, self.models.tokenizer)
+    def generator(self, ref: ModelRef):
+        """The configured engine for M(n) = `ref`. hf generates with the model in memory; a backend that
+        loads from a directory (vllm) gets M(n)'s directory, and one engine serves the whole run (told of
+        each new model: generator.engine_lifetime says whether it reloads weights or restarts)."""
+        if not loads_from_directory(self.cfg.generator):
+            return self.make_generator(self.models.get(ref), self.models.tokenizer)
+        path = self.models.directory(ref)
+        if self._engine is None:
+            self._engine = self.make_generator(path, self.models.tokenizer)
+        else:
+            self._engine.use(path)
+        return self._engine
+
+    def close(self) -> None:
+        """Stop the run's generation engine, if it has one of its own (its memory is freed)."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            engine.close()
 
     def fewshot_prefix(self) -> str:
         """The method's few-shot prompt: with rationales, or answers only (method.direct)."""

@@ -25,7 +25,7 @@ TEST_KEYS = ("accuracy", "n", "n_correct", "per_class", "per_class_n")
 
 def evaluate(ctx: StageContext, iteration: int) -> dict:
     ref = model_ref(ctx.run_dir, iteration)
-    generator, prefix, max_new_tokens = ctx.generator(ctx.models.get(ref)), ctx.prompt_for(ref), ctx.cfg.task.max_new_tokens
+    generator, prefix, max_new_tokens = ctx.generator(ref), ctx.prompt_for(ref), ctx.cfg.task.max_new_tokens
     result = score_split(generator, ctx.task, ctx.task.load("dev"), prefix, max_new_tokens,
                          n_samples=ctx.cfg.logger.n_samples, desc=f"iter {iteration} eval")
     if "test" in ctx.task.splits:

@@ -49,7 +49,7 @@ def run_pass(ctx: StageContext, iteration: int, name: str, ref: ModelRef, prefix
               top_p=cfg.sampling.top_p, desc=f"iter {iteration} {name}")
     split = sharding.mode(cfg.generator)
     if split is None:
-        gen = ctx.generator(ctx.models.get(ref))
+        gen = ctx.generator(ref)
         tokens_before = getattr(gen, "n_new_tokens", 0)
         completions = gen.generate(prefix, prompts, seeds=seeds, **kw)
         return completions, getattr(gen, "n_new_tokens", 0) - tokens_before
@@ -60,7 +60,7 @@ def run_pass(ctx: StageContext, iteration: int, name: str, ref: ModelRef, prefix
                              questions=list(prompts), seeds=[int(s) for s in seeds], stop=list(kw.pop("stop")),
                              batch_size=g.batch_size, n_shards=sharding.plan_shards(len(prompts), g.batch_size, wanted),
                              **kw)
-    return sharding.run_pass(ctx.run_dir, cfg, spec, lambda: ctx.generator(ctx.models.get(ref)))
+    return sharding.run_pass(ctx.run_dir, cfg, spec, lambda: ctx.generator(ref))
 
 
 def answer_rows(ctx: StageContext, samples: list[tuple[Example, int]], completions: list[str]) -> tuple[list[dict], int]:
