@@ -500,9 +500,9 @@ def validate_engine(cfg: Any, need) -> None:
     need(cfg.model.name in models_with_directory(),
          f"generator={g.name} loads each model from its directory, but model={cfg.model.name} is built in memory; "
          f"use a saved model (model={' or model='.join(models_with_directory())}), or generator=hf")
-    need(g.engine_lifetime in ("run", "pass"),
-         f"generator.engine_lifetime must be run (one engine, weights reloaded per model) or pass (one engine per "
-         f"pass), got '{g.engine_lifetime}'")
+    need(g.engine_lifetime in ("model", "pass"),
+         f"generator.engine_lifetime must be model (one engine per model) or pass (one engine per pass), got "
+         f"'{g.engine_lifetime}'")
     need(g.gpu_memory_utilization is None or 0 < g.gpu_memory_utilization <= 1,
          f"generator.gpu_memory_utilization must be in (0, 1] or null, got {g.gpu_memory_utilization}")
 

@@ -221,8 +221,8 @@ CASES = [
          "a saved model (model=hf or model=smollm2_135m), or generator=hf"),
     Case("config-vllm-unknown-engine-lifetime", "config", ["generator=vllm", "model=smollm2_135m",
                                                            "generator.engine_lifetime=batch"],
-         "star: error: generator.engine_lifetime must be run (one engine, weights reloaded per model) or pass (one "
-         "engine per pass), got 'batch'"),
+         "star: error: generator.engine_lifetime must be model (one engine per model) or pass (one engine per pass), "
+         "got 'batch'"),
     Case("config-vllm-memory-fraction-above-one", "config", ["generator=vllm", "model=smollm2_135m",
                                                              "generator.gpu_memory_utilization=1.5"],
          "star: error: generator.gpu_memory_utilization must be in (0, 1] or null, got 1.5"),

@@ -154,3 +154,27 @@ def test_sampled_pass_killed_and_redone_is_byte_identical(setup, tmp_path):
     redone = subprocess.run([sys.executable, str(script), spec], env=env, capture_output=True, text=True, timeout=900)
     assert redone.returncode == 0, redone.stderr[-2000:]
     assert json.loads(redone.stdout.strip().splitlines()[-1]) == uninterrupted
+
+
+def test_a_shard_worker_generates_its_shard_with_its_own_engine(setup, tmp_path):
+    """generator.devices / generator.shards with vLLM: the shard worker (a device process, an array task)
+    builds its own engine for M(n-1)'s directory and writes exactly the whole pass's completions."""
+    from omegaconf import OmegaConf
+
+    from star import sharding
+
+    s = setup
+    args = pass_args(s, temperature=0.8)
+    whole = s["engine"].generate(s["prefix"], s["questions"], **args)
+    cfg = compose_config(["generator=vllm", f"generator.batch_size={BATCH}", "generator.progress=false"])
+    spec = sharding.PassSpec(name="generate", iteration=1, checkpoint=None, model_stamp="base", prefix=s["prefix"],
+                             questions=s["questions"], seeds=args["seeds"], max_new_tokens=args["max_new_tokens"],
+                             stop=list(args["stop"]), temperature=args["temperature"], top_p=args["top_p"],
+                             batch_size=BATCH, n_shards=2)
+    sharding.write_spec(tmp_path, spec)
+    sharding.shard_worker(str(tmp_path), OmegaConf.to_container(cfg, resolve=True), "generate", 1, 1, device="cpu")
+    header, rows = sharding.read_shard(tmp_path, spec, 1)
+    order = s["engine"].batch_order(s["questions"])
+    assert [r["index"] for r in rows] == order[sharding.shard_slice(len(order), BATCH, 2, 1)]
+    assert [r["completion"] for r in rows] == [whole[r["index"]] for r in rows]
+    assert header["n_new_tokens"] > 0

@@ -66,9 +66,9 @@ class VLLMGeneratorConfig(GeneratorConfig):
     gpu_memory_utilization: Optional[float] = None
     # true: no torch.compile / CUDA graphs (starts in seconds instead of minutes; slower decoding on GPUs).
     enforce_eager: bool = True
-    # run: one engine for the run, weights reloaded in place when the model changes; pass: one engine per
-    # generate() call (its memory is free between passes, e.g. for fine-tuning on the same GPU).
-    engine_lifetime: str = "run"
+    # model: one engine per model (M(n)'s evaluation and the next iteration's passes share it); pass: one
+    # engine per generate() call (its memory is free between passes, e.g. for fine-tuning on the same GPU).
+    engine_lifetime: str = "model"
 
 
 @dataclass(frozen=True)

