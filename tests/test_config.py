@@ -40,8 +40,16 @@ def required_for(group: str, option: str) -> list[str]:
 
 
 def check(cfg) -> None:
-    """What the CLI runs before loading anything: the pure checks, then the pre-flight."""
+    """What the CLI runs before loading anything: the pure checks, then the pre-flight. generator=vllm on a
+    machine without the vLLM environment (scripts/setup.sh --vllm) must be refused by the pre-flight."""
+    from star.config import ConfigError
+    from star.generation.vllm_engine import environment_problem
+
     validate(cfg)
+    if cfg.generator.name == "vllm" and environment_problem(cfg.generator.python):
+        with pytest.raises(ConfigError, match=r"bash scripts/setup\.sh --vllm"):
+            preflight(cfg)
+        return
     preflight(cfg)
 
 

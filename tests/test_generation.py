@@ -96,3 +96,43 @@ def test_empty_prefix_and_empty_list(tiny):
     assert g.generate(PREFIX, [], seeds=[], max_new_tokens=4, stop=()) == []
     out = g.generate("", QUESTIONS[:2], seeds=[0, 0], max_new_tokens=4, stop=())
     assert len(out) == 2 and all(0 < len(t) <= 4 for t in out)
+
+
+class RecordingEngine:
+    """Stands in for an engine that loads models itself (generator=vllm): records what the loop tells it."""
+
+    def __init__(self, model_dir, log):
+        self.log = log
+        log.append(("build", str(model_dir)))
+
+    def use(self, model_dir):
+        self.log.append(("use", str(model_dir)))
+
+    def close(self):
+        self.log.append(("close",))
+
+
+def test_a_directory_engine_gets_model_directories_and_one_engine_per_run(tiny, tmp_path):
+    """StageContext.generator(ref) hands generator=vllm the directory of M(n) (the base's, then a checkpoint's),
+    keeps one engine across calls, and close() stops it; a model only in memory (the fit's probe) gets hf."""
+    from conftest import compose_config
+
+    from star.generation import build_generator
+    from star.model_cache import BASE, ModelRef
+    from star.models import save_checkpoint
+    from star.stages.context import StageContext
+
+    base = tmp_path / "base"
+    save_checkpoint(*tiny, base)
+    cfg = compose_config(["~experiment", "model=hf", f"model.name_or_path={base}", "generator=vllm", "logger=none"])
+    log = []
+    ctx = StageContext(cfg, tmp_path / "run", make_generator=lambda path, tok: RecordingEngine(path, log))
+    first = ctx.generator(BASE)
+    assert ctx.generator(BASE) is first
+    assert ctx.generator(ModelRef("iter_01/checkpoint", prompted=False)) is first
+    ctx.close()
+    ctx.generator(BASE)
+    assert log == [("build", str(base)), ("use", str(base)), ("use", str(tmp_path / "run" / "iter_01" / "checkpoint")),
+                   ("close",), ("build", str(base))]
+    probe = build_generator(cfg.generator, tiny[0], tiny[1], model_cfg=cfg.model)
+    assert isinstance(probe, HFGenerator) and probe.batch_size == cfg.generator.batch_size

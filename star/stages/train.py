@@ -119,6 +119,9 @@ def train(ctx: StageContext, iteration: int) -> dict:
     steps = scheduled_steps(ctx.cfg.schedule, iteration, len(rows), ctx.cfg.trainer.batch_size)
     fit = fit_on_slurm if slurm_training.enabled(ctx.cfg.trainer) else fit_here
     step_log = StepLog(A.steps_stream(ctx.run_dir, iteration), iteration, offset=steps_before(ctx, iteration))
+    # A generation engine of its own (generator=vllm) holds M(n-1), which nothing asks for after this fit
+    # (M(n) is evaluated next): stopped now, its memory (a GPU's, on GPUs) goes to the fit.
+    ctx.close()
     with live_steps(ctx, step_log):
         stats = fit(ctx, iteration, start, trained, rows, steps, step_log)
     step_rows = keep_step_rows(ctx, iteration, step_log)
