@@ -17,6 +17,10 @@ and writes a markdown file whose first line is `generation speedup vs naive: N.N
    prompt = the task's few-shot prefix + question, exactly what the loop's generate stage sends:
    - fast: the project's HFGenerator (generator config: batches, shared-prefix KV reuse);
    - naive: `model.generate()` per question, batch 1, the full prompt every time;
+   - batched: `model.generate()` on left-padded batches of the fast path's batch size (what a careful
+     user writes), the full prompt in every row;
+   - vllm: generator=vllm (its own environment, scripts/setup.sh --vllm), its engine start timed apart;
+     skipped, and said so, where that environment is missing;
    both fp32 (model.dtype), greedy, the task's max_new_tokens, KV cache on, the same stop rule
    (star.generation.hf.truncate_at_stop after every token, or EOS). Texts are compared one by one;
    for each mismatch the first token where they part is found and the naive path's top-2 logit gap
@@ -189,6 +193,84 @@ def naive_generate(model, tokenizer, cfg, prefix: str, questions: list[str], sto
             "step_texts": steps_text, "gaps": gaps}
 
 
+def batched_generate(model, tokenizer, cfg, prefix: str, questions: list[str], stop: tuple[str, ...]) -> dict:
+    """The careful user's way: model.generate() on left-padded batches of the hf engine's batch size, in input
+    order, the full prompt in every row, KV cache on, greedy; a row leaves when its text holds a stop string
+    (a per-row StoppingCriteria) or writes EOS. Prompt ids built as HFGenerator builds them."""
+    import torch
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    from star.generation.hf import truncate_at_stop
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    class StopRows(StoppingCriteria):
+        def __init__(self, width: int):
+            self.width = width
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([truncate_at_stop(tokenizer.decode(row[self.width:], skip_special_tokens=True),
+                                                  stop)[1] for row in input_ids], device=input_ids.device)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.task.max_new_tokens, do_sample=False, use_cache=True,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id)
+    device = next(model.parameters()).device
+    prefix_ids = ids(prefix)
+    model.eval()
+    outputs, model_tokens = [], 0
+    start = time.perf_counter()
+    for b in range(0, len(questions), cfg.generator.batch_size):
+        prompts = [prefix_ids + ids(q) for q in questions[b: b + cfg.generator.batch_size]]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(input_ids)
+        for r, p in enumerate(prompts):
+            input_ids[r, width - len(p):] = torch.tensor(p, device=device)
+            mask[r, width - len(p):] = 1
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg,
+                                 stopping_criteria=StoppingCriteriaList([StopRows(width)]))
+        outputs += [row[width:].tolist() for row in out]
+        model_tokens += out.numel()  # every row runs to the batch's end: padding and finished rows included
+    seconds = time.perf_counter() - start
+    texts, new_tokens = [], 0
+    for new in outputs:  # outside the clock: a row's own tokens end at its stop string or EOS (then padding)
+        k = len(new)
+        for j in range(1, len(new) + 1):
+            if new[j - 1] == tokenizer.eos_token_id or truncate_at_stop(
+                    tokenizer.decode(new[:j], skip_special_tokens=True), stop)[1]:
+                k = j
+                break
+        new_tokens += k
+        texts.append(truncate_at_stop(tokenizer.decode(new[:k], skip_special_tokens=True), stop)[0])
+    return {"texts": texts, "seconds": seconds, "new_tokens": new_tokens, "model_tokens": model_tokens}
+
+
+def vllm_generate(cfg, model_dir: str, prefix: str, questions: list[str], seeds: list[int],
+                  stop: tuple[str, ...]) -> dict:
+    """generator=vllm: the engine in its own environment, the config's batch size as its sequence limit.
+    seconds excludes the engine start (startup_s); engine_peak_rss_mib is its largest process."""
+    from star.generation.vllm_engine import VLLMGenerator
+    from star.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    gen = VLLMGenerator(model_dir, tokenizer, batch_size=cfg.generator.batch_size, progress=False)
+    start = time.perf_counter()
+    texts = gen.generate(prefix, questions, seeds=seeds, max_new_tokens=cfg.task.max_new_tokens, stop=stop,
+                         temperature=0.0)
+    total = time.perf_counter() - start
+    gen.close()
+    startup = gen.timings["start"][0]
+    n_prefix = len(tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0
+    n_batches = -(-len(questions) // cfg.generator.batch_size)
+    n_prompt = sum(len(tokenizer(q, add_special_tokens=False).input_ids) for q in questions) + n_prefix * n_batches
+    return {"texts": texts, "seconds": total - startup, "startup_s": startup, "new_tokens": gen.n_new_tokens,
+            "model_tokens": n_prompt + gen.n_new_tokens,
+            "engine_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
 def first_difference(step_texts: list[str], other: str) -> int:
     """The step at which the naive path's text stops agreeing with `other` (the fast path's text):
     the first step whose decoded text is not a prefix of `other`; if every one is (the naive path
@@ -253,14 +335,21 @@ def train_pass(cfg, rows: list[dict], steps: int, seed: int, packing: bool) -> d
 def child(kind: str, spec: dict) -> dict:
     """One measured pass in this (fresh) process; returns its numbers and its peak RSS."""
     cfg = compose_cfg(spec["overrides"])
-    if kind in ("fast", "naive"):
+    if kind in ("fast", "naive", "batched"):
         model, tokenizer = load_model(cfg, spec.get("checkpoint"))
         if kind == "fast":
             out = fast_generate(model, tokenizer, cfg, spec["prefix"], spec["questions"], spec["seeds"],
                                 tuple(spec["stop"]))
+        elif kind == "batched":
+            out = batched_generate(model, tokenizer, cfg, spec["prefix"], spec["questions"], tuple(spec["stop"]))
         else:
             out = naive_generate(model, tokenizer, cfg, spec["prefix"], spec["questions"], tuple(spec["stop"]))
         out.update(model_info(model))
+    elif kind == "vllm":
+        from star.models import saved_base
+
+        out = vllm_generate(cfg, spec.get("checkpoint") or saved_base(cfg.model), spec["prefix"], spec["questions"],
+                            spec["seeds"], tuple(spec["stop"]))
     elif kind == "train":
         out = train_pass(cfg, spec["rows"], spec["steps"], spec["seed"], spec["packing"])
     elif kind == "loop":
@@ -381,19 +470,38 @@ def render(r: dict) -> str:
               "tokens run through the model (prompt tokens actually encoded + new tokens) / seconds / fp32 ceiling.", "",
               "| path | seconds | s/question | new tokens | new tok/s | tokens run | utilization (fp32) | peak RSS (MiB) |",
               "|---|---|---|---|---|---|---|---|"]
-    for name in ("naive", "fast"):
+    paths = [name for name in ("naive", "batched", "fast", "vllm") if g.get(name)]
+    for name in paths:
         p = g[name]
         util = 2 * g["model"]["n_params"] * p["model_tokens"] / p["seconds"] / (fp32 * 1e9)
+        rss = f"{p['peak_rss_mib']:.0f}" + (f" (+ engine {p['engine_peak_rss_mib']:.0f})" if name == "vllm" else "")
         lines.append(f"| {name} | {p['seconds']:.1f} | {p['seconds'] / g['n']:.3f} | {p['new_tokens']} | "
-                     f"{p['new_tokens'] / p['seconds']:.1f} | {p['model_tokens']} | {util:.1%} | {p['peak_rss_mib']:.0f} |")
-    mm = g["mismatches"]
-    lines += ["", f"Speedup {g['speedup']:.1f}x. Texts compared one by one: {g['n'] - len(mm)} of {g['n']} identical, "
-              f"{len(mm)} differ; {sum(m['near_tie'] for m in mm)} of them at a near-tie "
-              f"(naive top-2 logit gap < {NEAR_TIE:g} at the first differing token)."]
-    if mm:
-        lines += ["", "| # | question | step | naive token | fast text there | top-2 gap | near-tie |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {m['index']} | {_md_escape(m['question'])} | {m['step']} | `{_md_escape(m['naive_piece'])}` | "
-                  f"`{_md_escape(m['fast_piece'])}` | {m['gap']:.2e} | {'yes' if m['near_tie'] else 'NO'} |" for m in mm]
+                     f"{p['new_tokens'] / p['seconds']:.1f} | {p['model_tokens']} | {util:.1%} | {rss} |")
+    lines += ["", "batched: `model.generate()` on left-padded batches of the fast path's batch size, in input order "
+              "(tokens run: every slot of every batch, padding included). vllm: generator=vllm, seconds without its "
+              "engine start" + (f" ({g['vllm']['startup_s']:.1f} s, measured apart)." if g.get("vllm") else
+                                f": not measured here ({g.get('vllm_missing')}).")]
+    for name in ("fast", "vllm"):
+        if g.get(name):
+            p = g[name]
+            lines.append(f"- {name}: {g['naive']['seconds'] / p['seconds']:.1f}x vs naive, "
+                         f"{g['batched']['seconds'] / p['seconds']:.1f}x vs batched naive"
+                         + (f"; with its start-up {g['naive']['seconds'] / (p['seconds'] + p['startup_s']):.1f}x "
+                            f"and {g['batched']['seconds'] / (p['seconds'] + p['startup_s']):.1f}x"
+                            if name == "vllm" else ""))
+    for name, mm in (("fast", g["mismatches"]), ("batched", g.get("batched_mismatches") or []),
+                     ("vllm", g.get("vllm_mismatches") or [])):
+        if not g.get(name):
+            continue
+        lines += ["", f"{name} vs naive, texts compared one by one: {g['n'] - len(mm)} of {g['n']} identical, "
+                  f"{len(mm)} differ; {sum(m['near_tie'] for m in mm)} of them at a near-tie "
+                  f"(naive top-2 logit gap < {NEAR_TIE:g} at the first differing token)."]
+        if mm:
+            lines += ["", f"| # | question | step | naive token | {name} text there | top-2 gap | near-tie |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {m['index']} | {_md_escape(m['question'])} | {m['step']} | `{_md_escape(m['naive_piece'])}` | "
+                      f"`{_md_escape(m['fast_piece'])}` | {m['gap']:.2e} | {'yes' if m['near_tie'] else 'NO'} |"
+                      for m in mm]
     rate = bf16 if t["packed"]["precision"].startswith("bf16") else fp32
     lines += ["", f"## Training: gold scratchpads of the {t['n_rows']} questions, {t['packed']['steps']} steps "
               f"(one pass), trainer.batch_size {t['batch_size']}, precision {t['packed']['precision']}", "",
@@ -532,13 +640,24 @@ def main(argv: list[str] | None = None) -> int:
                     "seeds": [derive_seed(cfg.seed, 1, "generate", ex.id) for ex in examples]}
         fast = run("fast", gen_spec)
         naive = run("naive", gen_spec)
+        batched = run("batched", gen_spec)
+        from star.generation.vllm_engine import environment_problem
+        from star.models import saved_base
+
+        vllm_missing = environment_problem(None) or (
+            None if saved_base(cfg.model) else f"model={cfg.model.name} is built in memory: vLLM loads a directory")
+        vllm = None if vllm_missing else run("vllm", gen_spec)
         info = {k: fast[k] for k in ("n_params", "hidden", "inner", "vocab", "class")}
         mm = mismatches(questions, naive, fast)
+        keys = ("seconds", "new_tokens", "model_tokens", "peak_rss_mib")
         generation = {"n": n, "max_new_tokens": cfg.task.max_new_tokens, "stop": list(task.stop),
                       "batch_size": cfg.generator.batch_size, "reuse_prefix": cfg.generator.reuse_prefix,
                       "model": info, "speedup": naive["seconds"] / fast["seconds"], "mismatches": mm,
-                      "naive": {k: naive[k] for k in ("seconds", "new_tokens", "model_tokens", "peak_rss_mib")},
-                      "fast": {k: fast[k] for k in ("seconds", "new_tokens", "model_tokens", "peak_rss_mib")}}
+                      "naive": {k: naive[k] for k in keys}, "fast": {k: fast[k] for k in keys},
+                      "batched": {k: batched[k] for k in keys}, "batched_mismatches": mismatches(questions, naive, batched),
+                      "vllm": vllm and {k: vllm[k] for k in (*keys, "startup_s", "engine_peak_rss_mib")},
+                      "vllm_mismatches": vllm and mismatches(questions, naive, vllm), "vllm_missing": vllm_missing}
+        mm = mm + (generation["vllm_mismatches"] or [])
 
         rows = train_rows_gold(task, examples)
         steps = 4 if args.quick else max(1, len(rows) // cfg.trainer.batch_size)
