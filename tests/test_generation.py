@@ -136,3 +136,14 @@ def test_a_directory_engine_gets_model_directories_and_one_engine_per_run(tiny, 
                    ("close",), ("build", str(base))]
     probe = build_generator(cfg.generator, tiny[0], tiny[1], model_cfg=cfg.model)
     assert isinstance(probe, HFGenerator) and probe.batch_size == cfg.generator.batch_size
+
+
+def test_vllm_memory_fraction_follows_the_resolved_device(tiny):
+    """The engine's share: 0.6 of a GPU, 0.15 of host RAM on a CPU (model.device=auto resolved first), or the
+    setting. Nothing starts: the engine starts at the first generate()."""
+    from star.generation.vllm_engine import VLLMGenerator, memory_fraction
+
+    assert (memory_fraction(None, "cuda:1"), memory_fraction(None, "cpu"), memory_fraction(0.3, "cpu")) == (0.6, 0.15, 0.3)
+    auto = VLLMGenerator("/nowhere", tiny[1], device="auto")
+    assert auto.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert auto.gpu_memory_utilization == memory_fraction(None, auto.device)

@@ -106,7 +106,7 @@ class VLLMGenerator:
         self.batch_size = batch_size
         self.dtype = dtype
         self.device = resolve_device(device)
-        self.gpu_memory_utilization = memory_fraction(gpu_memory_utilization, device)
+        self.gpu_memory_utilization = memory_fraction(gpu_memory_utilization, self.device)
         self.enforce_eager = enforce_eager
         self.engine_lifetime = engine_lifetime
         self.seed = seed
