@@ -126,6 +126,37 @@ def fast_generate(model, tokenizer, cfg, prefix: str, questions: list[str], seed
             "model_tokens": n_prompt + gen.n_new_tokens}
 
 
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids as HFGenerator builds them (prefix and question tokenized apart), so every path sees the
+    same tokens."""
+    return tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+
+def greedy_config(tokenizer, cfg):
+    """model.generate()'s settings for the naive paths: greedy, KV cache on, the task's max_new_tokens."""
+    from transformers import GenerationConfig
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return GenerationConfig(max_new_tokens=cfg.task.max_new_tokens, do_sample=False, use_cache=True,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id)
+
+
+def stop_on_text(tokenizer, stop: tuple[str, ...], width: int):
+    """The generator's stop rule for model.generate(): each row is done once its new text (after the first
+    `width` positions) holds a stop string."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from star.generation.hf import truncate_at_stop
+
+    class StopOnText(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([truncate_at_stop(tokenizer.decode(row[width:], skip_special_tokens=True), stop)[1]
+                                 for row in input_ids], device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnText()])
+
+
 def naive_generate(model, tokenizer, cfg, prefix: str, questions: list[str], stop: tuple[str, ...]) -> dict:
     """The naive way: model.generate() per question, batch 1, the full prompt every time, KV cache on.
 
@@ -134,24 +165,9 @@ def naive_generate(model, tokenizer, cfg, prefix: str, questions: list[str], sto
     the raw logits (before any processing) and the text decoded so far, to locate mismatches later.
     """
     import torch
-    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessor, LogitsProcessorList
 
     from star.generation.hf import truncate_at_stop
-
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False).input_ids if text else []
-
-    class StopOnText(StoppingCriteria):
-        """The generator's stop rule: stop once the decoded new text holds a stop string."""
-
-        def __init__(self, n_prompt: int):
-            self.n_prompt = n_prompt
-
-        def __call__(self, input_ids, scores, **kwargs):
-            text = tokenizer.decode(input_ids[0, self.n_prompt:], skip_special_tokens=True)
-            return torch.tensor([truncate_at_stop(text, stop)[1]], device=input_ids.device)
 
     class Top2Gap(LogitsProcessor):
         def __init__(self):
@@ -162,23 +178,21 @@ def naive_generate(model, tokenizer, cfg, prefix: str, questions: list[str], sto
             self.gaps.append(float(top[0] - top[1]))
             return scores
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.task.max_new_tokens, do_sample=False, use_cache=True,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id)
+    gen_cfg = greedy_config(tokenizer, cfg)
     device = next(model.parameters()).device
-    prefix_ids = ids(prefix)
+    prefix_ids = prompt_ids(tokenizer, prefix)
     model.eval()
     texts, steps_text, gaps = [], [], []
     new_tokens = model_tokens = 0
     start = time.perf_counter()
     for q in questions:
-        prompt = prefix_ids + ids(q)
+        prompt = prefix_ids + prompt_ids(tokenizer, q)
         input_ids = torch.tensor([prompt], device=device)
         gap = Top2Gap()
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                  generation_config=gen_cfg, logits_processor=LogitsProcessorList([gap]),
-                                 stopping_criteria=StoppingCriteriaList([StopOnText(len(prompt))]))
+                                 stopping_criteria=stop_on_text(tokenizer, stop, len(prompt)))
         new = out[0, len(prompt):].tolist()
         texts.append(truncate_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)[0])
         steps_text.append(new)  # decoded after the clock stops
@@ -198,31 +212,18 @@ def batched_generate(model, tokenizer, cfg, prefix: str, questions: list[str], s
     order, the full prompt in every row, KV cache on, greedy; a row leaves when its text holds a stop string
     (a per-row StoppingCriteria) or writes EOS. Prompt ids built as HFGenerator builds them."""
     import torch
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
     from star.generation.hf import truncate_at_stop
 
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False).input_ids if text else []
-
-    class StopRows(StoppingCriteria):
-        def __init__(self, width: int):
-            self.width = width
-
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.tensor([truncate_at_stop(tokenizer.decode(row[self.width:], skip_special_tokens=True),
-                                                  stop)[1] for row in input_ids], device=input_ids.device)
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.task.max_new_tokens, do_sample=False, use_cache=True,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id)
+    gen_cfg = greedy_config(tokenizer, cfg)
+    pad_id = gen_cfg.pad_token_id
     device = next(model.parameters()).device
-    prefix_ids = ids(prefix)
+    prefix_ids = prompt_ids(tokenizer, prefix)
     model.eval()
     outputs, model_tokens = [], 0
     start = time.perf_counter()
     for b in range(0, len(questions), cfg.generator.batch_size):
-        prompts = [prefix_ids + ids(q) for q in questions[b: b + cfg.generator.batch_size]]
+        prompts = [prefix_ids + prompt_ids(tokenizer, q) for q in questions[b: b + cfg.generator.batch_size]]
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
         mask = torch.zeros_like(input_ids)
@@ -231,7 +232,7 @@ def batched_generate(model, tokenizer, cfg, prefix: str, questions: list[str], s
             mask[r, width - len(p):] = 1
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg,
-                                 stopping_criteria=StoppingCriteriaList([StopRows(width)]))
+                                 stopping_criteria=stop_on_text(tokenizer, stop, width))
         outputs += [row[width:].tolist() for row in out]
         model_tokens += out.numel()  # every row runs to the batch's end: padding and finished rows included
     seconds = time.perf_counter() - start

@@ -125,6 +125,13 @@ def _preallocated(cache, batch: int, extra: int):
     return out
 
 
+def length_order(question_ids: Sequence[Sequence[int]]) -> list[int]:
+    """The order a pass works through its questions in, whatever the engine: indices sorted by token length
+    (ties: input order). Sharding cuts this order into whole batches (star/sharding.py), so every engine
+    must use it."""
+    return sorted(range(len(question_ids)), key=lambda i: (len(question_ids[i]), i))
+
+
 def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
     """(the first row of each distinct token sequence, for every row the position of its sequence in
     that list): rows [a, a, b, a] give ([0, 2], [0, 0, 1, 0])."""
@@ -154,16 +161,12 @@ class HFGenerator:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
-    @staticmethod
-    def _order(question_ids: Sequence[Sequence[int]]) -> list[int]:
-        return sorted(range(len(question_ids)), key=lambda i: (len(question_ids[i]), i))
-
     def batch_order(self, questions: Sequence[str]) -> list[int]:
         """The order generate() works through `questions` in: indices sorted by token length (ties:
         input order); each run of batch_size consecutive indices is one batch. A caller that hands
         generate() a contiguous run of whole batches of this order (star/sharding.py) gets exactly
         those batches, and so exactly the completions of the whole call."""
-        return self._order([self._ids(q) for q in questions])
+        return length_order([self._ids(q) for q in questions])
 
     @torch.no_grad()
     def generate(
@@ -193,7 +196,7 @@ class HFGenerator:
             prefix_cache = out.cache
 
         # Length-sorted batches waste little padding; results go back to the input order.
-        order = self._order(question_ids)
+        order = length_order(question_ids)
         results: list[str] = [""] * len(questions)
         # Questions done and new tokens per second: a bar on a terminal, a line every 10% in a log.
         bar = Progress(desc, len(questions), unit="question", enabled=self.progress, leave=False)

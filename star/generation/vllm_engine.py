@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Sequence
 
 from star.faults import crash_point
-from star.generation.hf import truncate_at_stop
+from star.generation.hf import length_order, truncate_at_stop
 from star.progress import Progress
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
@@ -204,8 +204,7 @@ class VLLMGenerator:
     def batch_order(self, questions: Sequence[str]) -> list[int]:
         """The order generate() works through `questions` in, the hf engine's: indices sorted by token
         length (ties: input order), each run of batch_size consecutive indices one batch."""
-        ids = [self._ids(q) for q in questions]
-        return sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+        return length_order([self._ids(q) for q in questions])
 
     def generate(self, prefix: str, questions: Sequence[str], *, seeds: Sequence[int], max_new_tokens: int,
                  stop: Sequence[str], temperature: float = 0.0, top_p: float = 1.0, desc: str = "generate") -> list[str]:
@@ -217,7 +216,7 @@ class VLLMGenerator:
         self._engine_for_model()
         prefix_ids = self._ids(prefix)
         question_ids = [self._ids(q) for q in questions]
-        order = sorted(range(len(question_ids)), key=lambda i: (len(question_ids[i]), i))
+        order = length_order(question_ids)
         results: list[str] = [""] * len(questions)
         bar = Progress(desc, len(questions), unit="question", enabled=self.progress, leave=False)
         tokens_before = self.n_new_tokens
