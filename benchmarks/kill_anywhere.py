@@ -72,6 +72,7 @@ SAMPLES = ["sampling=temperature", "sampling.num_samples=4"]
 RUNS.update({f"{name}_samples": [*args, *SAMPLES] for name, args in list(RUNS.items())})
 KINDS = {"uniform": 0.6, "checkpoint": 0.2, "wandb": 0.2}
 POLL_S = 0.02
+SURVIVOR_GRACE_S = 5.0  # how long a killed group may take to go before its members count as survivors
 TIMING_KEYS = ("seconds",)
 TIMING_PREFIXES = ("time/", "perf/")
 
@@ -213,12 +214,19 @@ def start(run_dir: Path, args: list[str], log) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def live_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` that still run. A zombie is dead: it only waits for its parent (PID 1
+    once star is killed, which may reap late), so kill(pid, 0) would count it but this does not."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after the last ')'.
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone while we read it
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return sorted(members)
 
 
 @dataclass
@@ -412,12 +420,15 @@ class Result:
             for k in self.kills if k.survivors]
 
 
-def survivors(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        if group_alive(pid):
-            alive.append(pid)
-    return alive
+def survivors(pids: list[int], grace_s: float = SURVIVOR_GRACE_S) -> list[int]:
+    """Processes of the killed groups still running `grace_s` after the SIGKILL. The grace is for a
+    loaded machine: SIGKILL takes effect only when a process leaves the kernel (a long disk write)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [member for pgid in pids for member in live_members(pgid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(POLL_S)
 
 
 def benchmark(model: str, kills: int, seed: int, workdir: Path, log=print) -> Result:
@@ -454,7 +465,6 @@ def benchmark(model: str, kills: int, seed: int, workdir: Path, log=print) -> Re
                     killed, at, stage = attempt(run_dir, args, out, kind, delay, pids)
                 if not killed:
                     break
-                time.sleep(0.2)  # let the kernel reap the group before looking for survivors
                 kill = Kill(round_no, n_attempts, kind, at, stage, survivors(pids))
                 result.kills.append(kill)
                 log(f"kill {len(result.kills):2d}: round {round_no} attempt {n_attempts} {kind:10s} "

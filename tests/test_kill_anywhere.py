@@ -72,3 +72,26 @@ def test_the_comparison_catches_damage(kill_anywhere, reference, tmp_path, damag
     damage(copy)
     problems = kill_anywhere.compare(reference, copy)
     assert any(expected in p for p in problems), problems
+
+
+def test_the_survivor_check_counts_live_members_not_zombies(kill_anywhere):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    # A group whose leader sleeps and whose child has exited unreaped (a zombie): the leader is a survivor.
+    leader = subprocess.Popen([sys.executable, "-c",
+                               "import os, time\nif os.fork() == 0: os._exit(0)\ntime.sleep(60)"],
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and kill_anywhere.live_members(leader.pid) != [leader.pid]:
+            time.sleep(0.05)
+        assert kill_anywhere.survivors([leader.pid], grace_s=0.1) == [leader.pid]
+        # Killed: the leader becomes a zombie of ours (not yet waited for), its child a zombie for PID 1.
+        os.killpg(leader.pid, signal.SIGKILL)
+        assert kill_anywhere.survivors([leader.pid], grace_s=5) == []
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL) if kill_anywhere.live_members(leader.pid) else None
+        leader.wait()
