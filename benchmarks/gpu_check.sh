@@ -30,6 +30,8 @@
 #                                                     # (rationalization.gold_oracle: random weights solve nothing)
 #   bash benchmarks/gpu_check.sh --model-rationales   # rationalize with the model instead (then nothing trains)
 #   bash benchmarks/gpu_check.sh --dry-run    # CPU, gptj_tiny: checks the script, writes to a temp file
+# generator=vllm is not checked here (the image has no vLLM, and a CUDA vLLM wheel is far over what a
+# device call carries): benchmarks/gpu_check_vllm.py is that check, for a GPU machine with vLLM installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
