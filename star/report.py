@@ -129,8 +129,12 @@ PAPER: dict[tuple[str, str], tuple[float, float | str | None]] = {
 }
 
 # Keys that cannot change a result: never a reason to keep two runs apart.
-_IGNORED_KEYS = ("seed", "print_table", "generator.progress", "model.cache_dir")
+_IGNORED_KEYS = ("seed", "print_table", "generator.progress", "model.cache_dir", "trainer.memory_check")
 _IGNORED_PREFIXES = ("logger.",)
+
+
+def _ignored(key: str) -> bool:
+    return key in _IGNORED_KEYS or key.startswith(_IGNORED_PREFIXES)
 # Keys the summary already shows in columns of their own.
 _COLUMN_KEYS = ("task.name", "method.name", "model.name", "model.name_or_path")
 
@@ -358,7 +362,10 @@ def read_run(path: Path) -> Run:
             raise ReportError(f"cannot read {metrics}: {e}") from None
     overrides_file = A.hydra_overrides(path)
     overrides = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) if overrides_file.is_file() else []
-    kept = tuple(o for o in overrides or [] if not o.startswith(("seed=", "hydra.", "hydra/")))
+    # An override of a key that cannot change a result (a progress bar, the memory pre-flight) does not
+    # make a run one setting apart from its baseline.
+    kept = tuple(o for o in overrides or [] if not o.startswith(("seed=", "hydra.", "hydra/"))
+                 and not _ignored(o.split("=", 1)[0].lstrip("+~")))
     return Run(path, config, history, kept)
 
 
@@ -377,8 +384,7 @@ def _flatten(node, prefix: str = "") -> dict[str, str]:
 
 def _group_config(run: Run) -> dict[str, str]:
     flat = _flatten(run.config)
-    return {k: v for k, v in flat.items()
-            if k not in _IGNORED_KEYS and not k.startswith(_IGNORED_PREFIXES)}
+    return {k: v for k, v in flat.items() if not _ignored(k)}
 
 
 @dataclass

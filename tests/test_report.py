@@ -255,6 +255,23 @@ def test_logging_keys_do_not_split_groups(tmp_path):
     assert len(summary) == 1 and summary[0]["n"] == "2"
 
 
+def test_an_override_that_changes_no_result_neither_splits_a_group_nor_breaks_pairing(tmp_path):
+    # Seed 1 of the arm ran with the memory pre-flight off (and the progress bar overridden): still one
+    # group of two seeds, one setting (ablation=b) apart from the baseline, paired on both seeds.
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(sweep, f"base{seed}", seed=seed, test_accs=(0.0, 0.0, 0.5), overrides=["ablation=a"])
+    make_run(sweep, "arm0", seed=0, temperature=0.7, test_accs=(0.0, 0.0, 0.6), overrides=["ablation=b"])
+    make_run(sweep, "arm1", seed=1, temperature=0.7, test_accs=(0.0, 0.0, 0.7),
+             extra_cfg={"trainer.memory_check": False},
+             overrides=["ablation=b", "trainer.memory_check=false", "generator.progress=false"])
+    written = R.write_report([sweep], tmp_path / "out", plots=False, baseline="ablation=a")
+    assert sorted(row["n"] for row in read_csv(written["report.csv"])) == ["2", "2"]
+    (row,) = read_csv(written["ablations.csv"])
+    assert (row["setting"], row["seeds"]) == ("ablation=b", "0,1")
+    assert float(row["test_diff_mean"]) == pytest.approx(15.0)
+
+
 @pytest.mark.parametrize("task,method,rationalization,paper_acc,paper_train", [
     ("cqa", "star", True, 72.5, "86.7"),
     ("cqa", "star", False, 68.8, "69.7"),
