@@ -18,13 +18,15 @@ completions in each generation file, beside the stage seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from star import artifacts as A
+from star.run_info import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
 GPU = ["trainer=gpu", "model.device=auto"]
@@ -43,27 +45,27 @@ def run_star(run_dir: Path, overrides: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def iterations(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.glob("iter_*") if p.is_dir())
+def iterations(run_dir: Path) -> range:
+    """The iterations the run finished (each has its metrics.json)."""
+    n = 0
+    while A.metrics_of(run_dir, n).exists():
+        n += 1
+    return range(n)
 
 
 def accuracies(run_dir: Path) -> str:
     """dev/test accuracy per iteration, e.g. "3.9/3.9 -> 44.1/51.0"."""
     out = []
     for it in iterations(run_dir):
-        m = json.loads((it / "metrics.json").read_text())
+        m = A.read_json(A.metrics_of(run_dir, it))
         out.append(f"{100 * m['eval/accuracy']:.1f}/{100 * m['test/accuracy']:.1f}")
     return " -> ".join(out)
 
 
 def stage_seconds(run_dir: Path) -> dict[str, float]:
-    totals = dict.fromkeys(STAGES, 0.0)
-    for it in iterations(run_dir):
-        for stage in STAGES:
-            marker = it / f"{stage}.done"
-            if marker.exists():
-                totals[stage] += json.loads(marker.read_text()).get("seconds", 0.0)
-    return totals
+    return {stage: sum(A.read_done(run_dir, it, stage).get("seconds", 0.0)
+                       for it in iterations(run_dir) if A.is_done(run_dir, it, stage))
+            for stage in STAGES}
 
 
 def same_completions(a: Path, b: Path) -> tuple[int, int]:
@@ -71,12 +73,12 @@ def same_completions(a: Path, b: Path) -> tuple[int, int]:
     same = total = 0
     for it in iterations(a):
         for name in ("generations.jsonl", "rationalizations.jsonl"):
-            fa, fb = it / name, b / it.name / name
+            fa, fb = A.stage_file(a, it, name), A.stage_file(b, it, name)
             if not (fa.exists() and fb.exists()):
                 continue
-            for ra, rb in zip(fa.read_text().splitlines(), fb.read_text().splitlines(), strict=True):
+            for ra, rb in zip(A.read_jsonl(fa), A.read_jsonl(fb), strict=True):
                 total += 1
-                same += json.loads(ra) == json.loads(rb)
+                same += ra == rb
     return same, total
 
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     hf, vllm = workdir / "hf", workdir / "vllm"
     same, total = same_completions(hf, vllm)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.dry_run else "cpu (dry run)"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = (git_commit() or "unknown")[:7]
     rows = []
     for engine, run_dir in (("hf", hf), ("vllm", vllm)):
         s = stage_seconds(run_dir)

@@ -131,12 +131,12 @@ PAPER: dict[tuple[str, str], tuple[float, float | str | None]] = {
 # Keys that cannot change a result: never a reason to keep two runs apart.
 _IGNORED_KEYS = ("seed", "print_table", "generator.progress", "model.cache_dir", "trainer.memory_check")
 _IGNORED_PREFIXES = ("logger.",)
+# Keys the summary already shows in columns of their own.
+_COLUMN_KEYS = ("task.name", "method.name", "model.name", "model.name_or_path")
 
 
 def _ignored(key: str) -> bool:
     return key in _IGNORED_KEYS or key.startswith(_IGNORED_PREFIXES)
-# Keys the summary already shows in columns of their own.
-_COLUMN_KEYS = ("task.name", "method.name", "model.name", "model.name_or_path")
 
 
 class ReportError(Exception):

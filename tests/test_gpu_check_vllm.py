@@ -4,12 +4,12 @@ machine with vLLM; its CPU dry run, `python benchmarks/gpu_check_vllm.py --dry-r
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from star import artifacts as A
 from tests.conftest import REPO
 
 
@@ -23,15 +23,15 @@ def check():
 
 
 def fake_run(root: Path, completions: list[str], dev: float, test: float, train_s: float) -> Path:
+    """Iterations 0 and 1 as the loop leaves them: metrics, stage markers with seconds, generations."""
     for it in (0, 1):
-        d = root / f"iter_{it:02d}"
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps({"eval/accuracy": dev * it, "test/accuracy": test * it}))
-        (d / "eval.done").write_text(json.dumps({"seconds": 10.0}))
+        A.iter_dir(root, it).mkdir(parents=True)
+        A.write_json(A.metrics_of(root, it), {"eval/accuracy": dev * it, "test/accuracy": test * it})
+        A.mark_done(root, it, "eval", {"seconds": 10.0})
         if it:
-            (d / "generations.jsonl").write_text("".join(json.dumps({"id": i, "completion": c}) + "\n"
-                                                         for i, c in enumerate(completions)))
-            (d / "train.done").write_text(json.dumps({"seconds": train_s, "steps": 4}))
+            A.write_jsonl(A.stage_file(root, it, "generations.jsonl"),
+                          [{"id": i, "completion": c} for i, c in enumerate(completions)])
+            A.mark_done(root, it, "train", {"seconds": train_s, "steps": 4})
     return root
 
 
