@@ -80,6 +80,9 @@ def test_quick_run_writes_the_results_file(bench, tmp_path):
     for heading in ("## Matmul rate", "## Generation", "## Training", "## One default iteration"):
         assert heading in text
     assert "Command: `python benchmarks/bench_speed.py --quick" in text
+    # The train row's "after" is the run's own fit (the default fits unpacked): packing is not credited.
+    train_row = next(line for line in lines if line.startswith("| train |"))
+    assert "unpacked fit (the run's trainer.packing=False)" in train_row, train_row
 
 
 def test_a_pass_in_a_fresh_child_process(bench, tmp_path):
