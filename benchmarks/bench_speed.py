@@ -1,8 +1,8 @@
 """Speed benchmark (issue 7): generation and fine-tuning against the naive way and this machine's ceiling.
 
-Run from the repository root, when nothing else runs (every number is wall-clock; the full run takes
-about 30-40 minutes on the 2-core dev machine, extrapolated from small runs: most of it is the naive
-pass at ~2-3 s per question):
+Run from the repository root, when nothing else runs (every number is wall-clock; the full run took
+18 minutes on the 2-core Intel Xeon dev machine, 25 on the 2-core AMD EPYC one: most of it is the naive
+and batched passes):
 
     python benchmarks/bench_speed.py                       # 256 questions -> benchmarks/results.md
     python benchmarks/bench_speed.py --quick --out /tmp/r.md   # smoke check: 8 questions, a few steps
@@ -442,6 +442,16 @@ def machine() -> str:
             f"transformers {transformers.__version__}, Python {platform.python_version()}")
 
 
+def commit() -> str:
+    """The checkout's commit, with "+ uncommitted changes" when the tree differs from it."""
+    from star.run_info import git_commit
+
+    head = (git_commit() or "unknown")[:7]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return head + (" + uncommitted changes" if dirty else "")
+
+
 def _md_escape(text: str) -> str:
     return json.dumps(text)[1:-1].replace("|", "\\|")
 
@@ -454,7 +464,7 @@ def render(r: dict) -> str:
         lines += ["**Smoke check (--quick or --n below 256): small numbers, not the benchmark's.**", ""]
     lines += [
         f"Machine: {r['machine']}. Load average (1 min) at start {r['load'][0]:.2f}, at end {r['load'][1]:.2f}.",
-        f"Date: {r['date']}. Total benchmark time {r['total_s'] / 60:.1f} min.",
+        f"Date: {r['date']}. Commit: {r['commit']}. Total benchmark time {r['total_s'] / 60:.1f} min.",
         f"Command: `{r['command']}`",
         f"Model: {g['model']['class']}, {g['model']['n_params'] / 1e6:.1f}M parameters (tied counted once); "
         f"overrides: {' '.join(r['overrides']) or '(none: the default run)'}."
@@ -687,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = matmul_rates(info, seconds=0.1 if args.quick else 0.5)
         result = {"generation": generation, "training": training, "stages": stages, "matmul": rates,
                   "machine": machine(), "load": (load_start, os.getloadavg()[0]),
-                  "date": datetime.datetime.now().isoformat(timespec="minutes"),
+                  "date": datetime.datetime.now().isoformat(timespec="minutes"), "commit": commit(),
                   "command": " ".join(["python", "benchmarks/bench_speed.py", *(argv if argv is not None else sys.argv[1:])]),
                   "overrides": args.overrides, "total_s": time.perf_counter() - t0, "in_process": args.in_process,
                   "smoke": args.quick or n < 256}

@@ -80,6 +80,7 @@ def test_quick_run_writes_the_results_file(bench, tmp_path):
     for heading in ("## Matmul rate", "## Generation", "## Training", "## One default iteration"):
         assert heading in text
     assert "Command: `python benchmarks/bench_speed.py --quick" in text
+    assert re.search(r"Commit: [0-9a-f]{7}", text), "the figures name their commit"
     # The train row's "after" is the run's own fit (the default fits unpacked): packing is not credited.
     train_row = next(line for line in lines if line.startswith("| train |"))
     assert "unpacked fit (the run's trainer.packing=False)" in train_row, train_row
