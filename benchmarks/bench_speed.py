@@ -442,16 +442,6 @@ def machine() -> str:
             f"transformers {transformers.__version__}, Python {platform.python_version()}")
 
 
-def commit() -> str:
-    """The checkout's commit, with "+ uncommitted changes" when the tree differs from it."""
-    from star.run_info import git_commit
-
-    head = (git_commit() or "unknown")[:7]
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    return head + (" + uncommitted changes" if dirty else "")
-
-
 def _md_escape(text: str) -> str:
     return json.dumps(text)[1:-1].replace("|", "\\|")
 
@@ -693,11 +683,13 @@ def main(argv: list[str] | None = None) -> int:
             stages = stage_table(loop_cfg, loop_overrides, build_task(loop_cfg.task, seed=loop_cfg.seed), loop,
                                  naive, n, run_dir, run, sample)
 
+        from star.run_info import commit_label
+
         print("[bench] matmul rates ...", flush=True)
         rates = matmul_rates(info, seconds=0.1 if args.quick else 0.5)
         result = {"generation": generation, "training": training, "stages": stages, "matmul": rates,
                   "machine": machine(), "load": (load_start, os.getloadavg()[0]),
-                  "date": datetime.datetime.now().isoformat(timespec="minutes"), "commit": commit(),
+                  "date": datetime.datetime.now().isoformat(timespec="minutes"), "commit": commit_label(),
                   "command": " ".join(["python", "benchmarks/bench_speed.py", *(argv if argv is not None else sys.argv[1:])]),
                   "overrides": args.overrides, "total_s": time.perf_counter() - t0, "in_process": args.in_process,
                   "smoke": args.quick or n < 256}

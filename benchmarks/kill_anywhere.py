@@ -58,6 +58,7 @@ if str(REPO) not in sys.path:  # run as a script: the repository's star, not ano
     sys.path.insert(0, str(REPO))
 
 from star import artifacts as A
+from star.run_info import commit_label
 from star.tracking import read_wandb_offline, read_wandb_run_ids
 
 # The commands measured. SmolLM2: the default experiment (a bare `star`) made small enough for many
@@ -477,13 +478,6 @@ def benchmark(model: str, kills: int, seed: int, workdir: Path, log=print) -> Re
     return result
 
 
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    return proc.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-
-
 def report(result: Result, command: str) -> str:
     by_stage: dict[str, int] = {}
     for k in result.kills:
@@ -493,7 +487,7 @@ def report(result: Result, command: str) -> str:
         "# Kill anywhere: random outside SIGKILLs of the real CLI, resumed, compared",
         "",
         f"Command: `{command}` (`benchmarks/kill_anywhere.py`; what it checks is in its docstring).",
-        (f"Commit {git_commit()}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        (f"Commit {commit_label()}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
          f"{platform.node()} ({os.cpu_count()} CPUs, {platform.platform()})."),
         (f"Run killed: `star {' '.join(RUNS[result.model])}`; uninterrupted it took "
          f"{result.reference.seconds:.1f} s. Longest checkpoint save {result.reference.windows['checkpoint']:.2f} s, "

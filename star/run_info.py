@@ -13,13 +13,25 @@ from star import artifacts as A
 PACKAGES = ("torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "wandb", "tokenizers")
 
 
-def git_commit() -> str | None:
+def _git(args: list[str], where: Path | None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+        out = subprocess.run(["git", *args], cwd=where or Path(__file__).parent, capture_output=True,
                              text=True, timeout=10)
-        return out.stdout.strip() or None
+        return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return ""
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """The full commit of the checkout at `where` (default: this package's), None outside git."""
+    return _git(["rev-parse", "HEAD"], where) or None
+
+
+def commit_label(where: Path | None = None) -> str:
+    """The short commit for a benchmark's header, plus " (with uncommitted changes)" when tracked files
+    differ from it, so a figure measured on an edited tree says so."""
+    dirty = _git(["status", "--porcelain", "--untracked-files=no"], where)
+    return (git_commit(where) or "unknown")[:7] + (" (with uncommitted changes)" if dirty else "")
 
 
 def write_run_info(run_dir: Path, cfg) -> None:
